@@ -1,0 +1,13 @@
+"""minivit: vision transformers from scratch in pure NumPy.
+
+>>> import minivit
+>>> from minivit import functional as F, nn
+"""
+from minivit.tensor import (Tensor, tensor, no_grad, enable_grad, is_grad_enabled,
+                            manual_seed, get_rng)
+from minivit import functional
+from minivit.gradcheck import gradcheck
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
+           "get_rng", "functional", "gradcheck"]
