@@ -279,7 +279,7 @@ def mean(x, dim=None, keepdim: bool = False) -> Tensor:
     x = as_tensor(x)
     axes = norm_axes(dim, x.ndim)
     out = np.mean(x.data, axis=axes, keepdims=keepdim)
-    n = x.data.size // max(np.asarray(out).size, 1) if x.data.size else 1
+    n = x.data.size // np.asarray(out).size if x.data.size else 1
     return _make(np.asarray(out, dtype=x.dtype), (x,),
                  lambda g: (np.broadcast_to(_expand_back(g, x.shape, axes, keepdim) / n, x.shape),), "mean")
 
