@@ -247,12 +247,15 @@ def _find_idx(root, stem, source):
     for path in (root / f"{stem}.gz", root / stem):
         if path.is_file():
             return path
-    if not root.is_dir():
+    if not root.exists():
         problem = f"directory {root} does not exist"
+    elif not root.is_dir():
+        problem = f"{root} is not a directory"
     else:
         problem = f"{root} has no {stem}.gz (nor uncompressed {stem})"
     hint = " The bundled subset can be rebuilt with `python data/make_subset.py`." if root == BUNDLED_DIR else ""
-    raise FileNotFoundError(f"Fashion-MNIST not found: {problem}; looked there because of {source}.{hint} {_HOW_TO_GET}")
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found: {problem}; looked there because of {source}.{hint} {_HOW_TO_GET}")
 
 
 def load_fashion_mnist(root=None, split="train"):
@@ -428,7 +431,8 @@ class RandomChoice:
         if p is not None:
             p = np.asarray(p, dtype=np.float64)
             if p.shape != (len(self.transforms),) or (p < 0).any() or not np.isclose(p.sum(), 1):
-                raise ValueError(f"RandomChoice: p must be {len(self.transforms)} probabilities summing to 1, got {p.tolist()}")
+                raise ValueError(f"RandomChoice: p must be {len(self.transforms)} probabilities "
+                                 f"summing to 1, got {p.tolist()}")
         self.p = p
 
     def __call__(self, x, y, rng):

@@ -1,0 +1,231 @@
+"""Training and evaluation loops, metrics, run folders and resuming.
+
+``fit`` trains any classifier from the registry with AdamW, a linear warm-up
+then cosine learning-rate schedule, label smoothing, optional gradient
+clipping and mixup/cutmix, and a tqdm progress bar. With ``out_dir`` it
+leaves a run folder a student can look at::
+
+    runs/vit_fmnist-0/
+        config.json      every setting of the run
+        metrics.csv      one row per epoch: losses, accuracies, lr, time, images/s
+        checkpoint.npz   weights, optimizer and schedule state, epoch, RNG state
+        curves.png       loss and accuracy curves
+        confusion.png    test confusion matrix
+
+A run resumed from its folder continues exactly where it stopped: the data
+order of epoch e depends only on (seed, e), and the random generator used by
+dropout/drop-path is saved with the checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from io import StringIO
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+import minivit
+from minivit import data as D
+from minivit import functional as F
+from minivit import io, optim
+from minivit.tensor import Tensor, no_grad
+
+__all__ = ["TrainConfig", "fit", "evaluate", "build_transform"]
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (the command line exposes the common ones)."""
+    model: str = "vit_fmnist"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1              # fraction of all steps spent warming up
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    clip_grad: float = 0.0           # 0 = no clipping
+    augment: str = "none"            # comma list of: flip, crop, erase  ("none" = no augmentation)
+    mixup: float = 0.0               # Beta(alpha, alpha) for mixup; 0 = off
+    cutmix: float = 0.0              # Beta(alpha, alpha) for cutmix; 0 = off
+    seed: int = 0
+    data: str | None = None          # None: bundled subset (or $MINIVIT_DATA)
+    train_subset: int = 0            # use only the first n training images (0 = all)
+    model_kwargs: dict = field(default_factory=dict)
+
+    def validate(self):
+        checks = [("epochs", self.epochs >= 1, "an integer >= 1"),
+                  ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+                  ("lr", self.lr > 0, "a number > 0"),
+                  ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+                  ("warmup", 0 <= self.warmup < 1, "a fraction in [0, 1)"),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+                  ("clip_grad", self.clip_grad >= 0, "a number >= 0"),
+                  ("mixup", self.mixup >= 0, "a number >= 0"),
+                  ("cutmix", self.cutmix >= 0, "a number >= 0")]
+        for name, ok, what in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        bad = set(a.strip() for a in self.augment.split(",")) - {"none", "flip", "crop", "erase", ""}
+        if bad:
+            raise ValueError(f"augment: unknown augmentation(s) {sorted(bad)}; choose from flip, crop, erase, none")
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def build_transform(cfg: TrainConfig, num_classes: int = 10):
+    """The training-time augmentation pipeline of a config (normalisation last)."""
+    steps = []
+    aug = {a.strip() for a in cfg.augment.split(",")}
+    if "crop" in aug:
+        steps.append(D.RandomCrop(size=28, padding=2))
+    if "flip" in aug:
+        steps.append(D.RandomHorizontalFlip())
+    steps.append(D.Normalize())
+    if "erase" in aug:
+        steps.append(D.RandomErasing())
+    if cfg.mixup > 0:
+        steps.append(D.Mixup(alpha=cfg.mixup, num_classes=num_classes))
+    if cfg.cutmix > 0:
+        steps.append(D.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+    return D.Compose(steps)
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    target = y.argmax(-1) if y.ndim == 2 else y
+    return float((logits.argmax(-1) == target).mean())
+
+
+def evaluate(model, dataset, batch_size: int = 500, num_classes: int | None = None) -> dict:
+    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` (eval mode, no graph)."""
+    was_training = model.training
+    model.eval()
+    loader = D.DataLoader(dataset, batch_size=batch_size, shuffle=False, transform=D.Normalize())
+    total_loss, preds, labels = 0.0, [], []
+    with no_grad():
+        for x, y in loader:
+            logits = model(Tensor(x))
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum").data)
+            preds.append(logits.data.argmax(-1))
+            labels.append(y)
+    model.train(was_training)
+    preds, labels = np.concatenate(preds), np.concatenate(labels)
+    k = num_classes or int(max(preds.max(), labels.max()) + 1)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, preds), 1)
+    return {"loss": total_loss / len(labels), "acc": float((preds == labels).mean()), "confusion": confusion}
+
+
+def _rng_state():
+    return minivit.get_rng().bit_generator.state
+
+
+def _set_rng_state(state):
+    minivit.manual_seed(0).bit_generator.state = state
+
+
+def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=None,
+        out_dir=None, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train ``cfg.model`` (or the given ``model``) and return the history.
+
+    With ``out_dir`` the run folder is written after every epoch (checkpoint
+    included); ``resume=True`` continues from the checkpoint in ``out_dir``.
+    Returns ``{"history": [per-epoch dicts], "model": model, "final": last test metrics}``.
+    """
+    cfg = cfg or TrainConfig()
+    cfg.validate()
+    from minivit import models
+    minivit.manual_seed(cfg.seed)
+    if model is None:
+        model = models.create(cfg.model, **cfg.model_kwargs)
+    if train_set is None:
+        train_set = D.load_fashion_mnist(cfg.data, "train")
+    if test_set is None:
+        test_set = D.load_fashion_mnist(cfg.data, "test")
+    if cfg.train_subset:
+        n = min(cfg.train_subset, len(train_set))
+        train_set = D.ArrayDataset(train_set.images[:n], train_set.labels[:n], train_set.classes)
+    num_classes = getattr(model, "num_classes", 10)
+
+    loader = D.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                          seed=cfg.seed, transform=build_transform(cfg, num_classes))
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    total = steps_per_epoch * cfg.epochs
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    opt = optim.AdamW(optim.param_groups_weight_decay(model, cfg.weight_decay, skip), lr=cfg.lr)
+    sched = optim.CosineWarmupScheduler(opt, warmup_steps=int(cfg.warmup * total), total_steps=total,
+                                        min_lr=cfg.min_lr)
+
+    history, start_epoch = [], 0
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and resume:
+        meta = io.load(model, out / "checkpoint.npz", optimizer=opt, scheduler=sched)
+        start_epoch = int(meta["epoch"]) + 1
+        history = meta.get("history", [])
+        _set_rng_state(meta["rng_state"])
+        log(f"resumed {out} after epoch {start_epoch}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        io.atomic_write_bytes(out / "config.json", json.dumps(asdict(cfg), indent=2).encode())
+
+    from tqdm.auto import tqdm
+    model.train()
+    final = None
+    for epoch in range(start_epoch, cfg.epochs):
+        loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss_sum = acc_sum = 0.0
+        n_seen = 0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        for batch in bar:
+            x, y = batch[0], batch[1]
+            logits = model(Tensor(x))
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            if cfg.clip_grad:
+                optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            opt.step()
+            sched.step()
+            b = len(x)
+            loss_sum += float(loss.data) * b
+            acc_sum += _accuracy(logits.data, y) * b
+            n_seen += b
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", acc=f"{acc_sum / n_seen:.3f}",
+                            img_s=f"{n_seen / (time.perf_counter() - t0):.0f}", refresh=False)
+        train_time = time.perf_counter() - t0
+        final = evaluate(model, test_set, num_classes=num_classes)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_acc": acc_sum / n_seen,
+               "test_loss": final["loss"], "test_acc": final["acc"], "lr": sched.get_last_lr()[0],
+               "epoch_time_s": train_time, "images_per_s": n_seen / train_time}
+        history.append(row)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | {train_time:.1f} s, "
+            f"{row['images_per_s']:.0f} img/s")
+        if out is not None:
+            _write_run(out, model, opt, sched, epoch, history, final, cfg)
+    if final is None:
+        final = evaluate(model, test_set, num_classes=num_classes)
+    return {"history": history, "model": model, "final": final}
+
+
+def _write_run(out: Path, model, opt, sched, epoch, history, final, cfg):
+    io.save(model, out / "checkpoint.npz", optimizer=opt, scheduler=sched, epoch=epoch,
+            history=history, rng_state=_rng_state(), config=asdict(cfg))
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    io.atomic_write_bytes(out / "metrics.csv", text.getvalue().encode())
+    from minivit import viz
+    viz.save_figure(viz.plot_curves(history), out / "curves.png")
+    viz.save_figure(viz.plot_confusion(final["confusion"], D.CLASSES), out / "confusion.png")
