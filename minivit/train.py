@@ -208,11 +208,11 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
                "test_loss": final["loss"], "test_acc": final["acc"], "lr": sched.get_last_lr()[0],
                "epoch_time_s": train_time, "images_per_s": n_seen / train_time}
         history.append(row)
+        if out is not None:
+            _write_run(out, model, opt, sched, epoch, history, final, cfg)
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
             f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | {train_time:.1f} s, "
             f"{row['images_per_s']:.0f} img/s")
-        if out is not None:
-            _write_run(out, model, opt, sched, epoch, history, final, cfg)
     if final is None:
         final = evaluate(model, test_set, num_classes=num_classes)
     return {"history": history, "model": model, "final": final}
