@@ -48,7 +48,7 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     for x in inputs:
         arr = x.data if isinstance(x, Tensor) else np.asarray(x)
         if arr.dtype.kind == "f":
-            ins.append(Tensor(arr.astype(np.float64), requires_grad=True))
+            ins.append(Tensor(np.array(arr, dtype=np.float64, order="C"), requires_grad=True))
             wanted.append(isinstance(x, Tensor) and x.requires_grad)
         else:
             ins.append(Tensor(arr))
@@ -82,17 +82,17 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
             return float((fn(*ins).data * R).sum())
 
     for name, t in named:
-        flat = t.data.reshape(-1)
-        n = flat.size
+        n = t.data.size
         idx = np.arange(n) if max_checks is None or n <= max_checks else rng.choice(n, max_checks, replace=False)
         numeric = np.empty(len(idx))
         for k, i in enumerate(idx):
-            old = flat[i]
-            flat[i] = old + eps
+            at = np.unravel_index(i, t.shape)   # works for any memory layout
+            old = t.data[at]
+            t.data[at] = old + eps
             lp = loss()
-            flat[i] = old - eps
+            t.data[at] = old - eps
             lm = loss()
-            flat[i] = old
+            t.data[at] = old
             numeric[k] = (lp - lm) / (2 * eps)
         a = analytic[name].reshape(-1)[idx]
         err = np.abs(a - numeric)

@@ -747,8 +747,8 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
-class MaxPool2d(Module):
-    """Max over k x k windows; ``stride`` defaults to ``kernel_size``."""
+class _Pool2d(Module):
+    """Shared constructor of MaxPool2d/AvgPool2d; ``stride`` defaults to ``kernel_size``."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -756,15 +756,19 @@ class MaxPool2d(Module):
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
 
-    def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class AvgPool2d(MaxPool2d):
-    """Mean over k x k windows; ``stride`` defaults to ``kernel_size``."""
+class MaxPool2d(_Pool2d):
+    """Max over k x k windows (padding counts as -inf); x (B, C, H, W)."""
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over k x k windows (zero padding is counted, as torch's default); x (B, C, H, W)."""
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)

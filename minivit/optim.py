@@ -361,7 +361,9 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     coef  = min(1, max_norm / (total + 1e-6));   every g <- coef * g
 
     Returns ``total`` (before clipping) as a float; ``norm_type`` may be
-    ``float("inf")`` (largest absolute entry). Each ``p.grad`` is replaced by
+    ``float("inf")`` (largest absolute entry). A non-finite total (a NaN or
+    inf gradient) leaves the gradients unchanged; check the returned value to
+    skip such a step. Each ``p.grad`` is replaced by
     a new array ``coef * p.grad`` rather than scaled in place, because the
     engine may give several leaves the same gradient array.
     """

@@ -279,7 +279,8 @@ class Tensor:
                 continue
             if node._backward is None:  # a leaf
                 if node.grad is None:
-                    node.grad = g.copy() if g is grad else g
+                    # a fresh, writable array the leaf owns (g may be shared or a broadcast view)
+                    node.grad = np.array(g, dtype=node.data.dtype, copy=True)
                 else:
                     node.grad = node.grad + g
                 continue

@@ -523,6 +523,8 @@ def _t(*shape, dtype=np.float64):
      "max_pool2d: ceil_mode=True is not implemented"),
     (lambda: F.avg_pool2d(_t(8, 8), 2), ValueError,
      "avg_pool2d: expected input of shape (N, C, H, W), got (8, 8)"),
+    (lambda: F.avg_pool2d(_t(1, 1, 8, 8), 2, divisor_override=0), ValueError,
+     "avg_pool2d: divisor_override must not be zero"),
     (lambda: F.adaptive_avg_pool2d(_t(1, 1, 8, 8), 0), ValueError,
      "adaptive_avg_pool2d: output_size must be >= 1, got (0, 0)"),
     (lambda: F.interpolate(_t(1, 1, 4, 4), size=8, mode="bicubic"), NotImplementedError,

@@ -402,6 +402,9 @@ def gradcheck_layer(layer, *inputs, seed_each_call=None, **kw):
     (lambda: nn.GELU(), (3, 7)),
     (lambda: nn.GELU("tanh"), (3, 7)),
     (lambda: nn.Tanh(), (3, 7)),
+    (lambda: nn.Sigmoid(), (3, 7)),
+    (lambda: nn.Softmax(dim=1), (3, 7)),
+    (lambda: nn.Identity(), (3, 7)),
     (lambda: nn.Flatten(), (2, 3, 2, 2)),
     (lambda: nn.MaxPool2d(2), (2, 2, 4, 4)),
     (lambda: nn.AvgPool2d(3, stride=2, padding=1), (2, 2, 5, 5)),
@@ -554,3 +557,13 @@ def test_layers_keep_float32():
         assert layer(x).dtype == np.float32, type(layer).__name__
     assert nn.Attention(4, 2)(randn(2, 3, 4)).dtype == np.float32
     assert math.isfinite(float(nn.Linear(4, 2)(randn(3, 4)).sum().item()))
+
+
+def test_deepcopy_gives_an_independent_model():
+    import copy
+    m = Tiny()
+    c = copy.deepcopy(m)                                    # e.g. an EMA model or a frozen teacher
+    assert isinstance(c.cls_token, nn.Parameter) and c.cls_token is not m.cls_token
+    init.ones_(c.cls_token)
+    assert not np.any(m.cls_token.data == 1)
+    assert list(c.state_dict()) == list(m.state_dict())

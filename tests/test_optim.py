@@ -122,6 +122,28 @@ def test_float32_params_stay_float32():
         np.testing.assert_allclose(p.data, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls,kw", [
+    (optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True)),
+    (optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.1)),
+    (optim.Adam, dict(weight_decay=0.1)), (optim.AdamW, {})])
+def test_steps_allocate_nothing_after_the_first(cls, kw):
+    import tracemalloc
+    p = nn.Parameter(np.ones((250, 400)))                   # float32, 400 kB
+    p.grad = np.full((250, 400), 0.5, np.float32)
+    opt = cls([p], **kw)
+    opt.step()                                              # state and scratch are allocated here
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(3):
+            opt.step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < 20_000, f"a step allocated {peak - base} bytes (no temporaries expected)"
+
+
 def test_step_does_not_modify_grad_and_skips_params_without_grad():
     p, q = param(), param()
     g = GRADS[0].copy()

@@ -18,7 +18,18 @@ No pixel is copied to build ``cols``: it is a *strided view* of ``xp``
 ``d`` rows in ``xp``; one step along ``i`` moves ``s`` rows. Reshaping it to
 ``(N, C*kh*kw, Ho*Wo)`` makes the one copy, and that is exactly
 ``torch.nn.functional.unfold``: row ``c*kh*kw + ki*kw + kj``, column
-``i*Wo + j``.
+``i*Wo + j``. For one 3x3 image and a 2x2 kernel (stride 1, Ho = Wo = 2)::
+
+    x = a b c         cols: one row per kernel offset (ki, kj), one column per window
+        d e f             (0, 0):  a b d e
+        g h i             (0, 1):  b c e f
+                          (1, 0):  d e g h
+                          (1, 1):  e f h i
+
+    conv2d(x, w) = [w00 w01 w10 w11] @ cols  ->  1x4, reshaped to the 2x2 output
+
+(``as_strided`` trusts the shape and strides it is given, so the view is
+made read-only: writing into overlapping windows would change neighbours.)
 
 A convolution is then one matrix product per image:
 ``out[n] = W.reshape(O, C*kh*kw) @ cols[n]`` -- every output pixel is the dot
@@ -363,6 +374,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode: bool = Fal
     N, C = x.shape[:2]
     (kh, kw), (Ho, Wo) = g.kernel, g.out_size
     if divisor_override is not None:
+        if divisor_override == 0:
+            raise ValueError("avg_pool2d: divisor_override must not be zero")
         div = np.asarray(divisor_override, dtype=x.dtype)
     elif count_include_pad or g.padding == (0, 0):
         div = np.asarray(kh * kw, dtype=x.dtype)

@@ -130,7 +130,8 @@ def gelu(input, approximate: str = "none") -> Tensor:
     x = _float("gelu", input)
     xd = x.data
     if approximate == "none":
-        cdf = _erf(xd * _SQRT_HALF)          # Phi(x) = 0.5 (1 + erf(x/sqrt2)), built in place
+        cdf = xd * _SQRT_HALF                # Phi(x) = 0.5 (1 + erf(x/sqrt2)), built in place
+        _erf(cdf, out=cdf)
         cdf += 1.0
         cdf *= 0.5
         out = xd * cdf
@@ -308,12 +309,14 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
 
 
 def _running(op: str, name: str, r, C: int) -> np.ndarray | None:
+    """A running-statistics buffer: the (C,) float ndarray itself (updated in place)."""
     if r is None:
         return None
     arr = r.data if isinstance(r, Tensor) else r
     if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
-        raise TypeError(f"{op}: {name} must be a floating-point ndarray (updated in place), "
-                        f"got {type(r).__name__}" + (f" of dtype {arr.dtype}" if hasattr(arr, "dtype") else ""))
+        got = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(r).__name__
+        raise TypeError(f"{op}: {name} must be a floating-point ndarray (it is updated in "
+                        f"place), got {got}")
     if arr.shape != (C,):
         raise ValueError(f"{op}: {name} has shape {arr.shape} but input has C={C} channels, "
                          f"expected ({C},)")
@@ -359,7 +362,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     rv = _running(op, "running_var", running_var, C)
     w = _affine_param(op, "weight", weight, (C,), x)
     b = _affine_param(op, "bias", bias, (C,), x)
-    eps, momentum = float(eps), float(momentum)
+    eps = float(eps)
+    momentum = _prob(op, "momentum", momentum, high_inclusive=True)
     axes = (0,) + tuple(range(2, x.ndim))
     n = x.size // C if C else 0
     xd = x.data
@@ -372,7 +376,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                              f"{x.shape}")
         mu = xd.mean(axis=axes)                                       # (C,)
         xhat = xd - _bc(mu, x.ndim)
-        var = _channel_dot(xhat, xhat) / n             # biased, (C,)
+        var = _channel_dot(xhat, xhat) / n                            # biased, (C,)
         rstd = 1.0 / np.sqrt(var + eps)
         xhat *= _bc(rstd, x.ndim)
         if wv is not None:
@@ -390,7 +394,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
         def backward(g):
             sg = g.sum(axis=axes)                                     # sum(g)        (C,)
-            sgx = _channel_dot(g, xhat)                # sum(g * xhat) (C,)
+            sgx = _channel_dot(g, xhat)                               # sum(g * xhat) (C,)
             gx = None
             if x.requires_grad:
                 k = rstd * wv if wv is not None else rstd
@@ -574,7 +578,6 @@ def cross_entropy(input, target, weight=None, reduction: str = "mean",
     _reduction(op, reduction)
     eps = _prob(op, "label_smoothing", label_smoothing, high_inclusive=True)
     w = _class_weight(op, weight, C, x)
-    t_tensor = target if isinstance(target, Tensor) else None
     td = target.data if isinstance(target, Tensor) else np.asarray(target)
     idx_shape = _index_shape(x.shape)
     logp = _log_softmax_array(_classes_last(x.data), 1)              # (M, C)
@@ -621,8 +624,6 @@ def cross_entropy(input, target, weight=None, reduction: str = "mean",
         raise ValueError(f"{op}: target of shape {td.shape} does not match input of shape {x.shape}: "
                          f"class indices need shape {idx_shape} (input without its class dim 1), "
                          f"probabilities need {x.shape}")
-    if t_tensor is not None and t_tensor.requires_grad:  # pragma: no cover (ints cannot)
-        raise ValueError(f"{op}: integer targets cannot require grad")
     tc, valid = _class_targets(op, td, C, ignore_index)
     ar = np.arange(M)
     wt = (w[tc] * valid) if w is not None else valid.astype(x.dtype)  # w_{y_i}, 0 if ignored
@@ -638,7 +639,8 @@ def cross_entropy(input, target, weight=None, reduction: str = "mean",
 
     def backward(g):
         c = _row_scale(g, reduction, denom, M)                        # (M,)
-        # A_ic = (1-eps) w_{y_i} [c == y_i] + eps/C w_c  (rows of ignored i are 0)
+        # A_ik = (1-eps) w_{y_i} [k == y_i] + eps/C w_k  (rows of ignored i are 0), so
+        # S_i = sum_k A_ik = (1-eps) w_{y_i} + eps/C sum_k w_k
         vc = valid * c
         S = (1.0 - eps) * wt + (eps / C) * (w.sum() if w is not None else C) * valid
         gx = np.exp(logp)
