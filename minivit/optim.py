@@ -17,9 +17,8 @@ and arguments)::
 Performance: the optimizers are on the training hot path, so each update is
 done in place with ``out=`` into preallocated scratch arrays of the
 parameter's own dtype (no float64 temporaries for float32 parameters, no
-allocation per step). They only *read* ``p.grad``: the engine may hand
-several leaves the same gradient array, so gradients are never modified in
-place here.
+allocation per step). They only *read* ``p.grad``, so a gradient array that
+the caller set by hand and shares elsewhere is never changed behind its back.
 
 Saving: ``state_dict()`` has PyTorch's layout, and every value in it is an
 ndarray, a number, a string, a bool or a list of these, so it can be
@@ -364,8 +363,8 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     ``float("inf")`` (largest absolute entry). A non-finite total (a NaN or
     inf gradient) leaves the gradients unchanged; check the returned value to
     skip such a step. Each ``p.grad`` is replaced by
-    a new array ``coef * p.grad`` rather than scaled in place, because the
-    engine may give several leaves the same gradient array.
+    a new array ``coef * p.grad`` rather than scaled in place, so a gradient
+    array set by hand and shared by two parameters is scaled once, not twice.
     """
     if isinstance(parameters, Tensor):
         parameters = [parameters]
