@@ -32,6 +32,8 @@ def time_steps(step, steps, warmup=3):
 def minivit_step_fn(batch):
     import minivit
     from minivit import functional as F, models, optim
+    from minivit._allocator import tune_allocator
+    tune_allocator()                 # what `fit` does too
     minivit.manual_seed(0)
     model = models.create("vit_fmnist")
     opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)

@@ -112,6 +112,8 @@ def cmd_bench(args) -> int:
     import minivit
     from minivit import functional as F
     from minivit import models, optim
+    from minivit._allocator import tune_allocator
+    tune_allocator()
     minivit.manual_seed(0)
     model = models.create(args.model)
     pe = model.patch_embed if hasattr(model, "patch_embed") else None

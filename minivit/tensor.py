@@ -32,7 +32,7 @@ import contextlib
 import numpy as np
 
 __all__ = ["Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "manual_seed", "get_rng", "unbroadcast"]
+           "manual_seed", "get_rng", "unbroadcast", "IndexedGrad"]
 
 # --------------------------------------------------------------------------
 # global state: grad mode and the random generator
@@ -105,6 +105,31 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     if axes:
         grad = grad.sum(axis=axes, keepdims=True)
     return grad.reshape(shape)
+
+
+class IndexedGrad:
+    """The gradient of ``x[idx]`` handed back to ``x``: ``g`` belongs at ``idx``.
+
+    Returned by ``getitem``'s backward instead of a full-size array that is
+    zero almost everywhere; the engine adds ``g`` into the entries at ``idx``
+    of the parent's gradient buffer (``np.add.at`` for integer-array indices,
+    so repeated indices accumulate).
+    """
+    __slots__ = ("idx", "g", "basic")
+
+    def __init__(self, idx, g, basic):
+        self.idx, self.g, self.basic = idx, g, basic
+
+    def add_to(self, buf):
+        if self.basic:
+            buf[self.idx] += self.g
+        else:
+            np.add.at(buf, self.idx, self.g)
+
+    def dense(self, shape, dtype):
+        buf = np.zeros(shape, dtype)
+        self.add_to(buf)
+        return buf
 
 
 def _released(_g):
@@ -271,16 +296,20 @@ class Tensor:
                 if p.requires_grad and id(p) not in visited:
                     stack.append((p, False))
 
-        # 2. walk from the output to the leaves
-        grads = {id(self): grad}
+        # 2. walk from the output to the leaves. `grads` holds the gradient
+        # summed so far for each node; `owned` marks the arrays this loop
+        # allocated itself, which may be added to in place (any other array
+        # may be shared with an op's saved values, so it is never written).
+        grads, owned = {id(self): grad}, set()
         for node in reversed(order):
-            g = grads.pop(id(node), None)
+            k = id(node)
+            g = grads.pop(k, None)
             if g is None:
                 continue
             if node._backward is None:  # a leaf
                 if node.grad is None:
                     # a fresh, writable array the leaf owns (g may be shared or a broadcast view)
-                    node.grad = np.array(g, dtype=node.data.dtype, copy=True)
+                    node.grad = g if k in owned else np.array(g, dtype=node.data.dtype, copy=True)
                 else:
                     node.grad = node.grad + g
                 continue
@@ -288,12 +317,27 @@ class Tensor:
             for p, pg in zip(node._parents, parent_grads):
                 if pg is None or not p.requires_grad:
                     continue
+                pk = id(p)
+                if isinstance(pg, IndexedGrad):     # x[idx] was used: add g into those entries only
+                    buf = grads.get(pk)
+                    if buf is None or pk not in owned:
+                        buf = np.zeros(p.data.shape, p.data.dtype) if buf is None \
+                            else np.array(buf, dtype=p.data.dtype, copy=True)
+                        grads[pk] = buf
+                        owned.add(pk)
+                    pg.add_to(buf)
+                    continue
                 if pg.shape != p.data.shape:
                     pg = unbroadcast(pg, p.data.shape)
                 if pg.dtype != p.data.dtype:
                     pg = pg.astype(p.data.dtype)
-                k = id(p)
-                grads[k] = pg if k not in grads else grads[k] + pg
+                if pk not in grads:
+                    grads[pk] = pg
+                elif pk in owned:
+                    grads[pk] += pg
+                else:
+                    grads[pk] = grads[pk] + pg
+                    owned.add(pk)
             if not retain_graph:
                 node._parents = ()
                 node._backward = _released

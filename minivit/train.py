@@ -31,6 +31,7 @@ import minivit
 from minivit import data as D
 from minivit import functional as F
 from minivit import io, optim
+from minivit._allocator import tune_allocator
 from minivit.tensor import Tensor, no_grad
 
 __all__ = ["TrainConfig", "fit", "evaluate", "build_transform"]
@@ -140,6 +141,7 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
+    tune_allocator()
     from minivit import models
     minivit.manual_seed(cfg.seed)
     if model is None:

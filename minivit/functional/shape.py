@@ -9,7 +9,7 @@ import builtins
 
 import numpy as np
 
-from minivit.tensor import Tensor
+from minivit.tensor import IndexedGrad, Tensor
 from ._util import as_tensor, norm_axes
 
 _make = Tensor._make
@@ -114,15 +114,10 @@ def getitem(x, idx) -> Tensor:
     except IndexError as e:
         raise IndexError(f"getitem: index {idx!r} is invalid for a tensor of shape {x.shape}: {e}") from None
     basic = _is_basic(idx)
-
-    def backward(g):
-        gx = np.zeros(x.shape, dtype=g.dtype)
-        if basic:
-            gx[idx] = g
-        else:
-            np.add.at(gx, idx, g)
-        return (gx,)
-    return _make(out, (x,), backward, "getitem")
+    # The gradient of x is g at the indexed entries and zero elsewhere; the
+    # engine adds g into x's gradient buffer there (repeated integer indices
+    # accumulate), instead of this op allocating a zero array of x's shape.
+    return _make(out, (x,), lambda g: (IndexedGrad(idx, g, basic),), "getitem")
 
 
 def cat(tensors, dim: int = 0) -> Tensor:
