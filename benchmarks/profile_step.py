@@ -55,6 +55,8 @@ def main():
             setattr(F, name, wrap_forward(name, fn))
     nn.F = F
     from bench_train import minivit_step_fn
+    from minivit._allocator import tune_allocator
+    tune_allocator()
     step = minivit_step_fn(128)
     step()
     fwd.clear(); bwd.clear(); calls.clear()
