@@ -8,11 +8,12 @@ import numpy as np
 
 from minivit import functional as F
 from minivit import init
+
+from .module import Module, Parameter, _check_p, _check_x, _shape
+
 __all__ = ["Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "Dropout", "DropPath",
            "GELU", "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity", "Flatten",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Sequential", "ModuleList"]
-
-from .module import Module, Parameter, _check_p, _check_x, _shape
 
 
 # ==========================================================================
