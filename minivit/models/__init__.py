@@ -38,4 +38,13 @@ def create(name: str, **overrides):
     return _REGISTRY[name](**overrides)
 
 
-from minivit.models import vit  # noqa: E402,F401  (registers its configs)
+def _import_paper_files():
+    """Import every paper file in this package, so each registers its configs."""
+    import importlib
+    import pkgutil
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_paper_files()
