@@ -34,7 +34,7 @@ from minivit import io, optim
 from minivit._allocator import tune_allocator
 from minivit.tensor import Tensor, no_grad
 
-__all__ = ["TrainConfig", "fit", "evaluate", "build_transform"]
+__all__ = ["TrainConfig", "fit", "evaluate", "build_transform", "cross_entropy_criterion"]
 
 
 @dataclass
@@ -131,12 +131,29 @@ def _set_rng_state(state):
     minivit.manual_seed(0).bit_generator.state = state
 
 
+def cross_entropy_criterion(model, batch, cfg):
+    """The default training loss: cross-entropy with label smoothing.
+
+    A criterion maps ``(model, batch, cfg)`` to ``(loss Tensor, logits)``;
+    ``batch`` is what the DataLoader yields, ``(x, y)`` or ``(x, y, extra)``.
+    Papers with their own training losses (DeiT's distillation, patch
+    diversification) pass another criterion to :func:`fit`.
+    """
+    x, y = batch[0], batch[1]
+    logits = model(Tensor(x))
+    return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+
+
 def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=None,
-        out_dir=None, resume: bool = False, progress: bool = True, log=print) -> dict:
+        out_dir=None, resume: bool = False, progress: bool = True, log=print,
+        criterion=cross_entropy_criterion) -> dict:
     """Train ``cfg.model`` (or the given ``model``) and return the history.
 
     With ``out_dir`` the run folder is written after every epoch (checkpoint
     included); ``resume=True`` continues from the checkpoint in ``out_dir``.
+    ``criterion(model, batch, cfg) -> (loss, logits)`` computes the training
+    loss (default: :func:`cross_entropy_criterion`); evaluation always uses
+    the model's logits in eval mode.
     Returns ``{"history": [per-epoch dicts], "model": model, "final": last test metrics}``.
     """
     cfg = cfg or TrainConfig()
@@ -190,8 +207,7 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
                    disable=not progress, leave=True, dynamic_ncols=True)
         for batch in bar:
             x, y = batch[0], batch[1]
-            logits = model(Tensor(x))
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss, logits = criterion(model, batch, cfg)
             opt.zero_grad()
             loss.backward()
             if cfg.clip_grad:
