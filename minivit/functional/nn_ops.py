@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf as _erf
+from scipy.special import ndtr as _ndtr
 
 from minivit.tensor import Tensor, get_rng
 from ._util import as_tensor, norm_axes
@@ -122,16 +122,15 @@ def gelu(input, approximate: str = "none") -> Tensor:
         gelu(x) ~= 0.5 x (1 + t)
         d/dx     = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 
-    ``erf`` is ``scipy.special.erf`` (accurate to ~1e-16 in float64; it has
-    a float32 loop, so float32 stays float32).
+    Phi is ``scipy.special.ndtr``, the standard normal CDF, i.e.
+    0.5 (1 + erf(x / sqrt 2)) in one call (accurate to ~1e-16 in float64; it
+    has a float32 loop, so float32 stays float32, and it is faster than
+    erf followed by the scale and shift).
     """
     x = _float("gelu", input)
     xd = x.data
     if approximate == "none":
-        cdf = xd * _SQRT_HALF                # Phi(x) = 0.5 (1 + erf(x/sqrt2)), built in place
-        _erf(cdf, out=cdf)
-        cdf += 1.0
-        cdf *= 0.5
+        cdf = _ndtr(xd)                      # Phi(x) = 0.5 (1 + erf(x/sqrt2)), the normal CDF
         out = xd * cdf
 
         def backward(g):
