@@ -62,6 +62,7 @@ def test_getitem_slices_ints_none_ellipsis():
     x = rand((4, 5, 6))
     for idx in [(slice(1, 3), 2), (Ellipsis, slice(None, None, -2)), (None, 0, slice(1, None)), 3]:
         np.testing.assert_array_equal(T(x)[idx].data, x[idx])
+        np.testing.assert_array_equal(F.getitem(T(x), idx).data, x[idx])
         gradcheck(lambda a: a[idx], [T(x)])
 
 
