@@ -1,6 +1,6 @@
 """Time one training step (forward, backward, AdamW) of vit_fmnist at batch 128.
 
-    python benchmarks/bench_train.py [--steps 20] [--batch-size 128] [--threads 2]
+    python benchmarks/bench_train.py [--steps 8] [--rounds 4] [--batch-size 128] [--threads 2]
 
 Prints minivit's ms/step and images/s; when torch and timm are importable it
 times the same model in PyTorch (timm VisionTransformer, same thread count)
@@ -18,15 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 
-def time_steps(step, steps, warmup=3):
-    for _ in range(warmup):
-        step()
+def time_steps(step, steps):
+    """Per-step wall times (s) of ``steps`` calls."""
     ts = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         ts.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(ts))
+    return ts
 
 
 def minivit_step_fn(batch):
@@ -80,27 +79,44 @@ def matmul_gflops(n=1024, reps=10):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-torch", action="store_true")
     a = p.parse_args()
     print(f"machine: {os.cpu_count()} cores, NumPy {np.__version__}, float32 matmul {matmul_gflops():.0f} GFLOP/s")
-    ms = time_steps(minivit_step_fn(a.batch_size), a.steps)
+    mv_step = minivit_step_fn(a.batch_size)
+    t_step = None
+    if not a.no_torch:
+        try:
+            import timm  # noqa: F401
+            import torch
+            t_step = torch_step_fn(a.batch_size, a.threads)
+        except ImportError:
+            print("torch/timm not importable: no PyTorch comparison")
+    # Interleave the two in rounds, so that a machine whose speed drifts (other
+    # tenants, clock changes) slows both alike; each round's ratio is reported.
+    mv, tt, ratios = [], [], []
+    for r in range(a.rounds):
+        time_steps(mv_step, 2)                           # warm-up
+        m = time_steps(mv_step, a.steps)
+        mv += m
+        if t_step is not None:
+            time_steps(t_step, 2)
+            t = time_steps(t_step, a.steps)
+            tt += t
+            ratios.append(np.median(m) / np.median(t))
+    ms = 1000 * float(np.median(mv))
     print(f"minivit  vit_fmnist batch {a.batch_size}: {ms:7.1f} ms/step  {a.batch_size / ms * 1000:7.0f} images/s")
-    if a.no_torch:
+    if t_step is None:
         return
-    try:
-        import timm  # noqa: F401
-        import torch
-    except ImportError:
-        print("torch/timm not importable: no PyTorch comparison")
-        return
-    tms = time_steps(torch_step_fn(a.batch_size, a.threads), a.steps)
+    tms = 1000 * float(np.median(tt))
     print(f"PyTorch {torch.__version__} ({a.threads} threads): {tms:7.1f} ms/step  "
           f"{a.batch_size / tms * 1000:7.0f} images/s")
-    print(f"ratio minivit / PyTorch: {ms / tms:.2f}x")
-
+    print("ratio per round: " + " ".join(f"{r:.2f}" for r in ratios))
+    print(f"ratio minivit / PyTorch: {ms / tms:.2f}x (median step over {a.rounds} interleaved rounds "
+          f"of {a.steps} steps each)")
 
 if __name__ == "__main__":
     main()

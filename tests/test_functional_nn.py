@@ -61,6 +61,44 @@ def test_gelu_tanh_value():
     np.testing.assert_allclose(F.gelu(Tensor(x), "tanh").data, F.gelu(Tensor(x)).data, atol=1e-3)
 
 
+def test_float32_normal_cdf_is_within_3e7_of_scipy_on_a_dense_grid():
+    from scipy.special import ndtr
+    from minivit.functional import _normal
+    x = np.linspace(-12, 12, 480_001)          # several 64k chunks, the last one partial
+    got = _normal.ndtr(x.astype(np.float32))
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert np.abs(got.astype(np.float64) - ndtr(x)).max() < 3e-7
+    assert got[0] == 0.0 and got[-1] == 1.0 and np.all(np.diff(got) >= -3e-7)
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, big=st.booleans())
+def test_gelu_float32_fast_path_matches_float64(shape, seed, big):
+    if big:                                    # crosses a chunk boundary
+        shape = (3, 70_001)
+    x64 = rnd(shape, seed, 3.0)
+    g64 = rnd(shape, seed + 1)
+    x32 = Tensor(x64.astype(np.float32)[..., ::1], requires_grad=True)
+    y32 = F.gelu(x32)
+    y32.backward(Tensor(g64.astype(np.float32)))
+    x = Tensor(x32.data.astype(np.float64), requires_grad=True)
+    y = F.gelu(x)
+    y.backward(Tensor(g64.astype(np.float32).astype(np.float64)))
+    assert y32.data.dtype == np.float32 and x32.grad.dtype == np.float32
+    np.testing.assert_allclose(y32.data, y.data, rtol=0, atol=2e-6)
+    assert np.all(np.abs(x32.grad - x.grad) <= 2e-6 * (1 + np.abs(g64)))
+
+
+def test_gelu_float32_accepts_non_contiguous_input():
+    x = rnd((6, 8), 3, 2.0, np.float32)
+    xt = Tensor(x.T, requires_grad=True)       # a transposed view
+    F.gelu(xt).sum().backward()
+    ref = Tensor(np.ascontiguousarray(x.T), requires_grad=True)
+    F.gelu(ref).sum().backward()
+    np.testing.assert_array_equal(F.gelu(xt).data, F.gelu(ref).data)
+    np.testing.assert_array_equal(xt.grad, ref.grad)
+
+
 def test_gelu_bad_approximate():
     with pytest.raises(ValueError, match="gelu: approximate must be 'none' or 'tanh', got 'fast'"):
         F.gelu(Tensor(np.ones(3)), approximate="fast")
