@@ -59,10 +59,16 @@ def cmd_train(args) -> int:
     else:
         cfg = TrainConfig(model=args.model, seed=args.seed, data=args.data)
         for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing",
-                     "clip_grad", "augment", "mixup", "cutmix", "train_subset"):
+                     "clip_grad", "augment", "mixup", "cutmix", "train_subset",
+                     "teacher", "distill", "distill_alpha", "distill_tau"):
             v = getattr(args, name)
             if v is not None:
                 setattr(cfg, name, v)
+        if cfg.teacher and args.distill is None:
+            cfg.distill = "hard"                     # DeiT's best variant
+        if cfg.teacher:
+            from minivit.models.deit import load_teacher
+            load_teacher(cfg.teacher)                # a bad teacher fails now, before a run folder exists
         from minivit import models
         if cfg.model not in models.list_models():
             models.create(cfg.model)  # raises the "unknown model ... did you mean" error
@@ -110,9 +116,9 @@ def cmd_list(args) -> int:
 def cmd_bench(args) -> int:
     """Time training steps (forward, backward, AdamW) of a model on random data."""
     import minivit
-    from minivit import functional as F
     from minivit import models, optim
     from minivit._allocator import tune_allocator
+    from minivit.train import TrainConfig, cross_entropy_criterion
     tune_allocator()
     minivit.manual_seed(0)
     model = models.create(args.model)
@@ -123,10 +129,11 @@ def cmd_bench(args) -> int:
     x = rng.standard_normal((args.batch_size, chans, *size)).astype(np.float32)
     y = rng.integers(0, getattr(model, "num_classes", 10), args.batch_size)
     opt = optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = TrainConfig(model=args.model, label_smoothing=0.0)
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(minivit.Tensor(x)), y)
+        loss, _ = cross_entropy_criterion(model, (x, y), cfg)   # two-headed models too
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -158,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixup", type=float, help="mixup Beta alpha (0 = off)")
     t.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0 = off)")
     t.add_argument("--train-subset", type=_positive_int, help="use only the first N training images")
+    t.add_argument("--teacher", metavar="RUN", help="DeiT: distil from this trained run folder or checkpoint "
+                                                    "(e.g. runs/cnn_fmnist-seed0); needs a distilled student "
+                                                    "such as deit_fmnist")
+    t.add_argument("--distill", choices=("hard", "soft"), help="DeiT distillation kind (default hard with --teacher)")
+    t.add_argument("--distill-alpha", type=float, help="weight of the distillation term (default 0.5)")
+    t.add_argument("--distill-tau", type=_positive_float, help="soft distillation temperature (default 1.0)")
     t.add_argument("--data", help="directory with Fashion-MNIST IDX files (default: bundled subset, "
                                   "or $MINIVIT_DATA); the full set: /usr/share/datasets/fashion-mnist")
     t.add_argument("--out", help="run folder (default runs/<model>-seed<seed>; never overwritten)")

@@ -55,6 +55,10 @@ class TrainConfig:
     seed: int = 0
     data: str | None = None          # None: bundled subset (or $MINIVIT_DATA)
     train_subset: int = 0            # use only the first n training images (0 = all)
+    teacher: str | None = None       # DeiT: run folder / checkpoint of the teacher to distil from
+    distill: str = "none"            # DeiT: "hard" or "soft" distillation from `teacher`; "none" = off
+    distill_alpha: float = 0.5       # soft distillation: weight of the KL term
+    distill_tau: float = 1.0         # soft distillation: temperature
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self):
@@ -70,6 +74,14 @@ class TrainConfig:
         for name, ok, what in checks:
             if not ok:
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        if self.distill not in ("none", "hard", "soft"):
+            raise ValueError(f"distill must be 'hard', 'soft' or 'none', got {self.distill!r}")
+        if (self.distill != "none") != bool(self.teacher):
+            raise ValueError(f"distill={self.distill!r} and teacher={self.teacher!r}: distillation needs both a "
+                             f"teacher and distill='hard' or 'soft' (or neither)")
+        if not (0.0 <= self.distill_alpha <= 1.0 and self.distill_tau > 0):
+            raise ValueError(f"distill_alpha must be in [0, 1] and distill_tau > 0, got {self.distill_alpha!r} "
+                             f"and {self.distill_tau!r}")
         bad = set(a.strip() for a in self.augment.split(",")) - {"none", "flip", "crop", "erase", ""}
         if bad:
             raise ValueError(f"augment: unknown augmentation(s) {sorted(bad)}; choose from flip, crop, erase, none")
@@ -136,24 +148,46 @@ def cross_entropy_criterion(model, batch, cfg):
 
     A criterion maps ``(model, batch, cfg)`` to ``(loss Tensor, logits)``;
     ``batch`` is what the DataLoader yields, ``(x, y)`` or ``(x, y, extra)``.
-    Papers with their own training losses (DeiT's distillation, patch
-    diversification) pass another criterion to :func:`fit`.
+    A model with two heads (DeiT's distilled models return ``(Z_s, Z_d)`` in
+    training mode) trained without a teacher gets the mean of both heads'
+    losses, and the mean of their logits is what it predicts. Papers with
+    their own training losses (DeiT's distillation, patch diversification)
+    pass another criterion to :func:`fit`.
     """
     x, y = batch[0], batch[1]
-    logits = model(Tensor(x))
-    return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+    out = model(Tensor(x))
+    if isinstance(out, tuple):
+        losses = [F.cross_entropy(z, y, label_smoothing=cfg.label_smoothing) for z in out]
+        logits = Tensor(sum(z.data for z in out) / len(out))
+        return sum(losses[1:], losses[0]) * (1.0 / len(out)), logits
+    return F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing), out
+
+
+def default_criterion(cfg: TrainConfig, model):
+    """The criterion a config asks for: DeiT distillation from ``cfg.teacher``
+    when ``cfg.distill`` is "hard" or "soft", else :func:`cross_entropy_criterion`."""
+    if cfg.distill == "none":
+        return cross_entropy_criterion
+    from minivit.models.deit import DistillationCriterion, load_teacher
+    if not hasattr(model, "forward_heads"):
+        raise ValueError(f"distill={cfg.distill!r} needs a distilled student with a distillation head "
+                         f"(e.g. deit_fmnist); {cfg.model} has one head")
+    teacher = load_teacher(cfg.teacher, num_classes=getattr(model, "num_classes", None))
+    return DistillationCriterion(teacher, kind=cfg.distill, alpha=cfg.distill_alpha, tau=cfg.distill_tau)
 
 
 def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=None,
         out_dir=None, resume: bool = False, progress: bool = True, log=print,
-        criterion=cross_entropy_criterion) -> dict:
+        criterion=None) -> dict:
     """Train ``cfg.model`` (or the given ``model``) and return the history.
 
     With ``out_dir`` the run folder is written after every epoch (checkpoint
     included); ``resume=True`` continues from the checkpoint in ``out_dir``.
     ``criterion(model, batch, cfg) -> (loss, logits)`` computes the training
     loss (default: :func:`cross_entropy_criterion`); evaluation always uses
-    the model's logits in eval mode.
+    the model's logits in eval mode. ``criterion=None`` picks
+    :func:`default_criterion` (cross-entropy, or DeiT distillation when the
+    config names a teacher).
     Returns ``{"history": [per-epoch dicts], "model": model, "final": last test metrics}``.
     """
     cfg = cfg or TrainConfig()
@@ -171,6 +205,8 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
         n = min(cfg.train_subset, len(train_set))
         train_set = D.ArrayDataset(train_set.images[:n], train_set.labels[:n], train_set.classes)
     num_classes = getattr(model, "num_classes", 10)
+    if criterion is None:
+        criterion = default_criterion(cfg, model)
 
     loader = D.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                           seed=cfg.seed, transform=build_transform(cfg, num_classes))

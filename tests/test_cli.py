@@ -110,3 +110,42 @@ def test_corrupt_data_dir(tmp_path):
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (d / name).write_bytes(b"\x1f\x8b not really gzip")
     assert_clean_error(cli("train", "--data", str(d), "--no-progress", cwd=tmp_path), str(d))
+
+
+def test_deit_distillation_from_a_trained_teacher(trained_run, tmp_path):
+    # trained_run is a vit_fmnist run: any trained 10-class model can teach
+    out = tmp_path / "deit"
+    r = cli("train", "--model", "deit_fmnist", "--teacher", str(trained_run), "--distill", "soft",
+            "--distill-tau", "2", "--epochs", "1", "--train-subset", "64", "--batch-size", "32",
+            "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import json
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["teacher"], cfg["distill"], cfg["distill_tau"]) == (str(trained_run), "soft", 2.0)
+    r = cli("train", "--resume", str(out), "--epochs", "2", "--no-progress")   # the teacher comes back too
+    assert r.returncode == 0, r.stderr
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+def test_distilled_model_trains_and_benches_without_teacher(tmp_path):
+    r = cli("bench", "--model", "deit_fmnist", "--steps", "1", "--warmup", "0", "--batch-size", "4")
+    assert r.returncode == 0, r.stderr
+    r = cli("train", "--model", "deit_fmnist", "--epochs", "1", "--train-subset", "32", "--batch-size", "32",
+            "--out", str(tmp_path / "d"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--teacher", "/nonexistent/teacher"], "teacher /nonexistent/teacher does not exist"),
+    (["--distill", "hard"], "distillation needs both a teacher"),
+    (["--distill", "medium"], "invalid choice: 'medium'"),
+])
+def test_bad_distillation_input(extra, pattern, tmp_path):
+    assert_clean_error(cli("train", "--model", "deit_fmnist", *extra, "--no-progress", cwd=tmp_path), pattern)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_distillation_needs_a_two_headed_student(trained_run, tmp_path):
+    r = cli("train", "--model", "vit_fmnist", "--teacher", str(trained_run), "--no-progress", cwd=tmp_path)
+    assert_clean_error(r, "needs a distilled student")
+    assert not (tmp_path / "runs").exists()
