@@ -44,8 +44,6 @@ convolutions, BN weight 1 and bias 0, the classifier keeps PyTorch's default.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from minivit import init, nn
 from minivit.models import register_model
 

@@ -88,7 +88,7 @@ def test_deit_tiny_without_distillation_is_timms_deit_tiny():
 
 def _torch_cnn(layers=(1, 1), widths=(32, 64), stem_width=16, in_chans=1, num_classes=10):
     """cnn_fmnist in PyTorch from torchvision's BasicBlock, with torchvision's names."""
-    tv = pytest.importorskip("torchvision", reason="torchvision not installed")
+    pytest.importorskip("torchvision", reason="torchvision not installed")
     from torchvision.models.resnet import BasicBlock
     nn = torch.nn
 
@@ -117,7 +117,6 @@ def _torch_cnn(layers=(1, 1), widths=(32, 64), stem_width=16, in_chans=1, num_cl
             for s in range(self.n):
                 x = getattr(self, f"layer{s + 1}")(x)
             return self.fc(x.mean((2, 3)))
-    assert tv is not None
     return Net()
 
 
