@@ -15,13 +15,7 @@ timm = pytest.importorskip("timm", reason="timm not installed: parity tests need
 import minivit  # noqa: E402
 from minivit import functional as F  # noqa: E402
 from minivit import models  # noqa: E402
-
-
-def timm_to_minivit(tmodel, model):
-    """Copy timm's weights into minivit (same names; ``load_state_dict`` is strict)."""
-    sd = {k: v.detach().double().numpy() for k, v in tmodel.state_dict().items()
-          if not k.endswith("num_batches_tracked")}
-    model.load_state_dict(sd)
+from minivit.convert import load_timm  # noqa: E402  (the key map: minivit/convert.py)
 
 
 def perturb(tmodel, seed=0):
@@ -53,7 +47,7 @@ def test_convit_matches_timm(name, kwargs, shape):
     perturb(tm)
     m = models.create(name, **kwargs).to(np.float64)
     assert m.num_params() == sum(p.numel() for p in tm.parameters())
-    timm_to_minivit(tm, m)
+    load_timm(m, tm)
     m.eval()
     x = np.random.default_rng(0).standard_normal(shape)
     xt = torch.tensor(x, requires_grad=True)
@@ -83,7 +77,7 @@ def test_local_init_and_attention_maps_match_timm():
         np.testing.assert_array_equal(ma.pos_proj.weight.data, ta.pos_proj.weight.detach().numpy())
         np.testing.assert_array_equal(ma.gating_param.data, ta.gating_param.detach().numpy())
     perturb(tm, seed=1)
-    timm_to_minivit(tm, m)
+    load_timm(m, tm)
     x = np.random.default_rng(1).standard_normal((2, 49, 64))
     ta = tm.blocks[0].attn
     ta.rel_indices = ta.get_rel_indices(49)

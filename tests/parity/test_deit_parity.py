@@ -12,13 +12,13 @@ timm = pytest.importorskip("timm", reason="timm not installed: parity tests need
 import minivit  # noqa: E402
 from minivit import functional as F  # noqa: E402
 from minivit import models  # noqa: E402
-from minivit.models.deit import TIMM_KEY_MAP, DistillationLoss  # noqa: E402
+from minivit.convert import load_timm  # noqa: E402  (the key map: minivit/convert.py)
+from minivit.models.deit import DistillationLoss  # noqa: E402
 
 
 def torch_to_minivit(tmodel, model):
-    """Copy a torch state dict into a minivit model through DeiT's key map (empty: same names)."""
-    sd = {TIMM_KEY_MAP.get(k, k): v.detach().double().numpy() for k, v in tmodel.state_dict().items()}
-    model.load_state_dict(sd)
+    """Copy the torchvision-style CNN's state dict into minivit's (torchvision's names are minivit's)."""
+    model.load_state_dict({k: v.detach().double().numpy() for k, v in tmodel.state_dict().items()})
 
 
 def _compare(a, b):
@@ -39,7 +39,7 @@ def test_deit_distilled_matches_timm_in_train_and_eval_mode(name, kwargs, shape)
         tm = timm.create_model(name, pretrained=False, **kwargs)
     tm = tm.double()
     m = models.create(name, **kwargs).to(np.float64)
-    torch_to_minivit(tm, m)
+    load_timm(m, tm)
     x = np.random.default_rng(0).standard_normal(shape)
     y = np.arange(shape[0]) % 10
 
@@ -81,7 +81,7 @@ def test_deit_tiny_without_distillation_is_timms_deit_tiny():
     torch.manual_seed(0)
     tm = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2).double().eval()
     m = models.create("deit_tiny_patch16_224", depth=2).to(np.float64).eval()
-    torch_to_minivit(tm, m)
+    load_timm(m, tm)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224))
     _compare(m(minivit.tensor(x)), tm(torch.tensor(x)))
 

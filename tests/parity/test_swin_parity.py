@@ -16,12 +16,7 @@ timm = pytest.importorskip("timm", reason="timm not installed: parity tests need
 import minivit  # noqa: E402
 from minivit import functional as F  # noqa: E402
 from minivit import models  # noqa: E402
-
-
-def timm_to_minivit(tmodel, model):
-    """Same names: timm's state dict (its index and mask buffers are non-persistent) loads strictly."""
-    sd = {k: v.detach().double().numpy() for k, v in tmodel.state_dict().items()}
-    model.load_state_dict(sd, strict=True)
+from minivit.convert import load_timm  # noqa: E402  (the key map: minivit/convert.py)
 
 
 def _timm_swin_fmnist():
@@ -46,7 +41,7 @@ def test_swin_matches_timm(name, kwargs, shape):
             if "relative_position_bias_table" in n:
                 p.normal_(0, 0.5)
     m = models.create(name, **kwargs).to(np.float64)
-    timm_to_minivit(tm, m)
+    load_timm(m, tm)
     m.eval()
     # the shift masks are the same buffers
     for (tn, tb), mb in zip([(n, b) for n, b in tm.named_modules() if type(b).__name__ == "SwinTransformerBlock"],
@@ -76,7 +71,7 @@ def test_swin_parameter_gradients_match_timm():
     torch.manual_seed(1)
     tm = _timm_swin_fmnist().double()
     m = models.create("swin_fmnist").to(np.float64)
-    timm_to_minivit(tm, m)
+    load_timm(m, tm)
     x = np.random.default_rng(1).standard_normal((2, 1, 28, 28))
     y = np.array([3, 7])
     torch.nn.functional.cross_entropy(tm(torch.tensor(x)), torch.tensor(y)).backward()

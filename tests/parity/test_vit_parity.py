@@ -12,12 +12,7 @@ timm = pytest.importorskip("timm", reason="timm not installed: parity tests need
 import minivit  # noqa: E402
 from minivit import functional as F  # noqa: E402
 from minivit import models  # noqa: E402
-
-
-def timm_to_minivit(tmodel, model):
-    """timm and minivit use the same names for ViT: the state dicts map 1:1."""
-    sd = {k: v.detach().double().numpy() for k, v in tmodel.state_dict().items()}
-    model.load_state_dict(sd)
+from minivit.convert import load_timm  # noqa: E402  (the key map: minivit/convert.py)
 
 
 @pytest.mark.parametrize("name,kwargs,shape", [
@@ -33,7 +28,7 @@ def test_vit_matches_timm(name, kwargs, shape):
         tm = timm.create_model(name, pretrained=False, **kwargs)
     tm = tm.double().eval()
     m = models.create(name, **kwargs).to(np.float64)
-    timm_to_minivit(tm, m)
+    load_timm(m, tm)
     m.eval()
     x = np.random.default_rng(0).standard_normal(shape)
     xt = torch.tensor(x, requires_grad=True)
