@@ -46,9 +46,10 @@ their timm counterpart is timm's class with the same config
 timm name of these four families converts with ``--model`` (the minivit model
 to load into) and ``--model-kwargs`` (its config, as JSON).
 
-The key mapping, one place per model family (:func:`key_map`; the class of the
-minivit model decides). minivit's ViT, DeiT, ConViT and Swin follow timm's
-module trees, so the maps are nearly identities:
+The key mapping, one place per model family (:func:`key_map`; the minivit
+model's exact class decides, so a subclass that adds weights timm lacks, like
+``DiverseViT``'s patch head, has none). minivit's ViT, DeiT, ConViT and Swin
+follow timm's module trees, so the maps are nearly identities:
 
 - ``VisionTransformer`` (``vit_*``, ``deit_tiny_patch16_224``) <-> timm
   ``VisionTransformer``: identical names.
@@ -173,23 +174,24 @@ def _swin_official(state: dict) -> dict:
 
 
 def key_map(model) -> KeyMap:
-    """The :class:`KeyMap` for a minivit model, chosen by its class (see the
-    module docstring for the table). Models without a timm counterpart (SASA,
-    CeiT, PVT v1, the CNN) raise ValueError."""
+    """The :class:`KeyMap` for a minivit model, chosen by its exact class (see the
+    module docstring for the table). Subclasses do not inherit a map: they may add
+    weights timm lacks (``DiverseViT``'s patch head). Models without a timm
+    counterpart (SASA, CeiT, PVT v1, T2T-ViT, the CNN ...) raise ValueError."""
     from minivit.models.convit import ConViT
     from minivit.models.deit import TIMM_KEY_MAP, VisionTransformerDistilled
     from minivit.models.swin import SwinTransformer
     from minivit.models.vit import VisionTransformer
-    if isinstance(model, VisionTransformerDistilled):          # before its parent class, ViT
-        return KeyMap("deit", rename=dict(TIMM_KEY_MAP))
-    if isinstance(model, VisionTransformer):
-        return KeyMap("vit")
-    if isinstance(model, ConViT):
-        return KeyMap("convit", drop=(".rel_indices",))
-    if isinstance(model, SwinTransformer):
-        return KeyMap("swin", drop=(".relative_position_index", ".attn_mask"), official=_swin_official)
-    raise ValueError(f"minivit's {type(model).__name__} has no timm counterpart: convert handles ViT, DeiT, "
-                     f"ConViT and Swin models ({', '.join(_convertible())})")
+    maps = {
+        VisionTransformer: KeyMap("vit"),
+        VisionTransformerDistilled: KeyMap("deit", rename=dict(TIMM_KEY_MAP)),
+        ConViT: KeyMap("convit", drop=(".rel_indices",)),
+        SwinTransformer: KeyMap("swin", drop=(".relative_position_index", ".attn_mask"), official=_swin_official),
+    }
+    if type(model) not in maps:
+        raise ValueError(f"minivit's {type(model).__name__} has no timm counterpart: convert handles ViT, DeiT, "
+                         f"ConViT and Swin models ({', '.join(_convertible())})")
+    return maps[type(model)]
 
 
 def _convertible() -> list:
@@ -626,7 +628,7 @@ def cmd_convert(args) -> int:
     """Run ``convert``; errors are ValueError/FileNotFoundError with one-line messages."""
     if args.to_torch is not None:
         for opt, given in (("--checkpoint", args.checkpoint), ("--model-kwargs", args.model_kwargs)):
-            if given:
+            if given is not None:
                 raise ValueError(f"{opt} goes with --from-timm; --to-torch reads the model and its config from "
                                  f"RUN_OR_NPZ (use --model if it does not record them)")
         info = to_torch(args.to_torch, args.out, model=args.model, force=args.force)
