@@ -1,4 +1,4 @@
-"""The command line: ``python -m minivit {train,evaluate,list,bench} ...``.
+"""The command line: ``python -m minivit {train,evaluate,list,bench,convert} ...``.
 
 Every mistake a user can make on the command line (unknown model, missing
 data, bad hyper-parameters, unreadable checkpoint) ends in a one-line message
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=_positive_int, default=10, help="timed steps (default 10)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     b.set_defaults(func=cmd_bench)
+
+    from minivit import convert
+    convert.add_parser(sub)                  # convert --from-timm / --to-torch (minivit/convert.py)
     return p
 
 

@@ -63,7 +63,7 @@ def test_resume_extends_a_run(trained_run, tmp_path):
 def test_list_and_help():
     r = cli("list")
     assert r.returncode == 0 and "vit_fmnist" in r.stdout
-    for sub in ("train", "evaluate", "list", "bench"):
+    for sub in ("train", "evaluate", "list", "bench", "convert"):
         r = cli(sub, "--help")
         assert r.returncode == 0 and "usage" in r.stdout
 
@@ -149,3 +149,12 @@ def test_distillation_needs_a_two_headed_student(trained_run, tmp_path):
     r = cli("train", "--model", "vit_fmnist", "--teacher", str(trained_run), "--no-progress", cwd=tmp_path)
     assert_clean_error(r, "needs a distilled student")
     assert not (tmp_path / "runs").exists()
+
+
+def test_convert_bad_input_is_a_clean_error(tmp_path):
+    r = cli("convert", "--from-timm", "vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "nope.pth"),
+            str(tmp_path / "out.npz"))
+    assert_clean_error(r, "nope.pth")
+    r = cli("convert", "--from-timm", "resnet50", str(tmp_path / "out.npz"))
+    assert_clean_error(r, "resnet50")
+    assert not (tmp_path / "out.npz").exists()
