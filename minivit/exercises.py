@@ -502,7 +502,7 @@ def check(notebook, timeout=600, quick=False, kernel_name="python3"):
         content = (execute_reply or {}).get("content", {})
         if content.get("status") == "error":
             value = str(content.get("evalue", "")).strip().splitlines()
-            errors[run_idx[cell_index]] = f"{content.get('ename', 'Error')}: {value[0] if value else ''}"
+            errors[run_idx[cell_index]] = content.get("ename", "Error") + (f": {value[0]}" if value else "")
 
     env = dict(os.environ, MINIVIT_FAST="1", MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join([str(_repo_root())] + [p for p in [env.get("PYTHONPATH")] if p])
