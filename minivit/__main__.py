@@ -1,4 +1,4 @@
-"""The command line: ``python -m minivit {train,evaluate,list,bench,convert} ...``.
+"""The command line: ``python -m minivit {train,evaluate,list,bench,convert,exercises} ...``.
 
 Every mistake a user can make on the command line (unknown model, missing
 data, bad hyper-parameters, unreadable checkpoint) ends in a one-line message
@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     b.set_defaults(func=cmd_bench)
 
-    from minivit import convert
+    from minivit import convert, exercises
     convert.add_parser(sub)                  # convert --from-timm / --to-torch (minivit/convert.py)
+    exercises.add_parser(sub)                # exercises make-student / check (minivit/exercises.py)
     return p
 
 
