@@ -66,8 +66,8 @@ SS -> ``soft_split{i}`` (``SoftSplit``, i.e. ``F.unfold``); k, stride, p -> ``ke
 
 What the reference code does differently from the paper:
 
-- The published T2T-ViT-7/10/12/14/19/24 use a *Performer* (linear attention with random
-  features) in the T2T module; the transformer version above, which is what the course's
+- The official configs ``t2t_vit_7/10/12/14/19/24`` use a *Performer* (linear attention with
+  random features) in the T2T module; the transformer version above, which is what the course's
   equations describe, is the official ``t2t_vit_t_*``. minivit's ``t2t_vit_7`` is the
   T2T-ViT-7 backbone with the transformer T2T module (4,255,310 parameters); the official
   performer version is ``t2t_vit_7_performer`` (4,255,694; ``TokenPerformer`` below).
