@@ -696,3 +696,165 @@ class CutMix(_Mixing):
         f = patch_fractions(mask, P).astype(np.float32)[None, :, None]  # (1, N, 1)
         patch_targets = (1 - f) * t[:, None, :] + f * t_pasted[:, None, :]  # (B, N, K)
         return x, t_mix, patch_targets
+
+
+# ---------------------------------------------------------------------------
+# Segmentation: Fashion-MNIST items pasted on a larger canvas
+# ---------------------------------------------------------------------------
+# A label map needs images with more than one thing in them. The generator
+# below places 2-4 Fashion-MNIST items at random on an empty (black) canvas
+# and records, for every canvas pixel, which class of item lies under it.
+#
+# Which pixels belong to an item: those brighter than ``threshold`` (0.1 of
+# full scale by default). Fashion-MNIST items sit on an exact-zero background,
+# and the faint pixels at their edges are below 0.1, so this keeps the garment
+# and leaves its frame transparent.
+#
+# Overlap: items are pasted one after the other; a later item covers the
+# earlier ones wherever its own pixels are brighter than the threshold
+# (painter's order), so the label is the class of the topmost item there.
+# Faint (sub-threshold) pixels never cover anything: the canvas keeps the
+# brighter of the two values there and the label does not change.
+#
+# Invariants (tested): a pixel has label 0 (background) exactly when its value
+# is <= threshold, and a pixel with label k >= 1 shows the topmost item that
+# covers it, an item of class k - 1.
+
+SEG_CLASSES = ("background",) + CLASSES
+__all__ += ["SEG_CLASSES", "SegmentationDataset", "make_segmentation_canvases",
+            "load_fashion_mnist_segmentation"]
+
+
+class SegmentationDataset:
+    """Images and per-pixel label maps.
+
+    images: (N, C, H, W) float32; masks: (N, H, W) integer labels in
+    0..len(classes)-1 (stored as uint8 to save memory). ``dataset[idx]``
+    returns ``(images[idx], masks[idx])`` with the masks as int64 (what
+    ``F.cross_entropy`` takes), for an int or an index array, so the
+    DataLoader serves it like an ArrayDataset. ``layout`` (optional) records
+    how each canvas was made (see :func:`make_segmentation_canvases`).
+    """
+
+    def __init__(self, images, masks, classes=SEG_CLASSES, layout=None):
+        images, masks = np.asarray(images), np.asarray(masks)
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {images.shape}")
+        if masks.shape != images.shape[:1] + images.shape[2:]:
+            raise ValueError(f"masks must have shape (N, H, W) = {images.shape[:1] + images.shape[2:]} "
+                             f"to match images {images.shape}, got {masks.shape}")
+        if not np.issubdtype(masks.dtype, np.integer):
+            raise ValueError(f"masks must hold integer class labels, got dtype {masks.dtype}")
+        if masks.size and not (masks.min() >= 0 and masks.max() < len(classes)):
+            raise ValueError(f"mask labels must be in 0..{len(classes) - 1} ({len(classes)} classes), "
+                             f"found {masks.min()}..{masks.max()}")
+        self.images, self.masks, self.classes, self.layout = images, masks, tuple(classes), layout
+
+    def __len__(self):
+        return len(self.masks)
+
+    def __getitem__(self, idx):
+        return self.images[idx], self.masks[idx].astype(np.int64)
+
+    def subset(self, n):
+        """The first ``n`` canvases (layout included)."""
+        layout = None if self.layout is None else {k: v[:n] for k, v in self.layout.items()}
+        return SegmentationDataset(self.images[:n], self.masks[:n], self.classes, layout)
+
+    def __repr__(self):
+        return (f"SegmentationDataset(images={self.images.shape} {self.images.dtype}, "
+                f"masks={self.masks.shape} {self.masks.dtype}, classes={len(self.classes)})")
+
+
+def make_segmentation_canvases(items, num_canvases, canvas_size=56, min_items=2, max_items=4,
+                               threshold=0.1, seed=0):
+    """Paste ``min_items``..``max_items`` items of ``items`` on each of ``num_canvases`` canvases.
+
+    items: an ArrayDataset of single-channel images (N, 1, h, w) in [0, 1]
+    with labels 0..9 (e.g. ``load_fashion_mnist()``). For every canvas, with
+    ``rng = np.random.default_rng(seed)``: the number of items k is uniform in
+    min_items..max_items; each item is drawn uniformly (with replacement)
+    from ``items`` and its top-left corner uniformly from the positions where
+    it fits entirely, 0..canvas_size-h and 0..canvas_size-w. Pixels brighter
+    than ``threshold`` belong to the item; later items cover earlier ones
+    (see the comment above this function for the exact rule).
+
+    Returns a SegmentationDataset: images (num_canvases, 1, S, S) float32,
+    masks (num_canvases, S, S) uint8 with 0 = background and 1 + c for an
+    item of class c (``SEG_CLASSES``), and ``layout`` = dict of arrays
+    ``count`` (n,), ``item`` (n, max_items) indices into ``items``, ``top``,
+    ``left`` (n, max_items), slots past ``count`` unused (-1).
+
+    Vectorised over canvases: a loop over the at most ``max_items`` paste
+    slots, each pasting one item into every canvas at once by fancy indexing.
+    """
+    images = np.asarray(items.images)
+    labels = np.asarray(items.labels)
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"items must hold single-channel images of shape (N, 1, h, w), got {images.shape}")
+    if len(images) == 0:
+        raise ValueError("items is empty: need at least one item to paste")
+    n = _check_int("num_canvases", num_canvases, 1)
+    S = _check_int("canvas_size", canvas_size, 1)
+    lo = _check_int("min_items", min_items, 1)
+    hi = _check_int("max_items", max_items, 1)
+    if hi < lo:
+        raise ValueError(f"max_items={hi} is smaller than min_items={lo}")
+    if not isinstance(threshold, numbers.Real) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a number in [0, 1) (pixel values are in [0, 1]), got {threshold!r}")
+    h, w = images.shape[2:]
+    if S < h or S < w:
+        raise ValueError(f"canvas_size={S} is smaller than an item ({h}x{w}): every item must fit on the "
+                         f"canvas, so canvas_size must be at least {max(h, w)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise ValueError(f"item labels must be in 0..{len(CLASSES) - 1}, found {labels.min()}..{labels.max()}")
+    seed = _check_int("seed", seed, 0)
+
+    rng = np.random.default_rng(seed)
+    count = rng.integers(lo, hi + 1, size=n)                       # (n,) items per canvas
+    item = rng.integers(0, len(images), size=(n, hi))             # (n, slots) which item in each slot
+    top = rng.integers(0, S - h + 1, size=(n, hi))                # (n, slots) top-left corner
+    left = rng.integers(0, S - w + 1, size=(n, hi))
+    used = np.arange(hi)[None, :] < count[:, None]                # (n, slots) slot holds an item
+    item, top, left = (np.where(used, a, -1) for a in (item, top, left))
+
+    canvas = np.zeros((n, S, S), np.float32)
+    mask = np.zeros((n, S, S), np.uint8)
+    b = np.arange(n)[:, None, None]                               # (n, 1, 1) canvas index
+    for s in range(hi):                                           # paste slot s of every canvas at once
+        on = used[:, s]                                           # (n,)
+        patch = images[np.maximum(item[:, s], 0), 0] * on[:, None, None]   # (n, h, w); zeros if unused
+        rows = np.maximum(top[:, s], 0)[:, None, None] + np.arange(h)[None, :, None]    # (n, h, 1)
+        cols = np.maximum(left[:, s], 0)[:, None, None] + np.arange(w)[None, None, :]   # (n, 1, w)
+        region = canvas[b, rows, cols]                            # (n, h, w) what lies there now
+        fg = patch > threshold                                    # the item's own pixels
+        canvas[b, rows, cols] = np.where(fg, patch, np.maximum(region, patch))
+        cls = (labels[np.maximum(item[:, s], 0)] + 1).astype(np.uint8)[:, None, None]
+        mask[b, rows, cols] = np.where(fg, cls, mask[b, rows, cols])
+    layout = {"count": count, "item": item, "top": top, "left": left}
+    return SegmentationDataset(canvas[:, None], mask, SEG_CLASSES, layout)
+
+
+SEG_DEFAULT_CANVASES = {"train": 5000, "test": 1000}
+
+
+def load_fashion_mnist_segmentation(root=None, split="train", num_canvases=None, canvas_size=56,
+                                    min_items=2, max_items=4, threshold=0.1, seed=0):
+    """Segmentation canvases made from one Fashion-MNIST split (the bundled subset by default).
+
+    Training canvases use only training items and test canvases only test
+    items. ``num_canvases`` defaults to 5,000 for "train" and 1,000 for
+    "test". The generator's seed is derived from ``seed`` and the split
+    (``np.random.SeedSequence([seed, 0])`` for train, ``[seed, 1]`` for test),
+    so the two splits do not share layouts and the same arguments always give
+    the same canvases. ``root``: as
+    :func:`load_fashion_mnist`. See :func:`make_segmentation_canvases` for
+    the other arguments.
+    """
+    if split not in SEG_DEFAULT_CANVASES:
+        raise ValueError(f"split={split!r} is not a split; expected 'train' or 'test'")
+    items = load_fashion_mnist(root, split)
+    n = SEG_DEFAULT_CANVASES[split] if num_canvases is None else num_canvases
+    seed = _check_int("seed", seed, 0)
+    split_seed = int(np.random.SeedSequence([seed, 0 if split == "train" else 1]).generate_state(1)[0])
+    return make_segmentation_canvases(items, n, canvas_size, min_items, max_items, threshold, split_seed)

@@ -12,6 +12,13 @@ leaves a run folder a student can look at::
         curves.png       loss and accuracy curves
         confusion.png    test confusion matrix
 
+Segmentation models (a model class with ``task = "segmentation"``, such as
+``vt_seg_fmnist``) go through the same loop: they train on canvases of pasted
+Fashion-MNIST items (``data.load_fashion_mnist_segmentation``) with a
+per-pixel cross-entropy; metrics.csv then holds the pixel accuracy and the
+mean IoU, and ``masks.png`` (predicted masks next to the true ones) takes the
+place of confusion.png.
+
 A run resumed from its folder continues exactly where it stopped: the data
 order of epoch e depends only on (seed, e), and the random generator used by
 dropout/drop-path is saved with the checkpoint.
@@ -34,7 +41,8 @@ from minivit import io, optim
 from minivit._allocator import tune_allocator
 from minivit.tensor import Tensor, no_grad
 
-__all__ = ["TrainConfig", "fit", "evaluate", "build_transform", "cross_entropy_criterion"]
+__all__ = ["TrainConfig", "fit", "evaluate", "build_transform", "cross_entropy_criterion", "task_of",
+           "load_task_dataset", "segmentation_metrics"]
 
 
 @dataclass
@@ -111,13 +119,99 @@ def build_transform(cfg: TrainConfig, num_classes: int = 10):
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    if logits.ndim == 4:                                 # segmentation: (B, K, H, W) vs (B, H, W)
+        return float((logits.argmax(1) == y).mean())
     target = y.argmax(-1) if y.ndim == 2 else y
     return float((logits.argmax(-1) == target).mean())
 
 
-def evaluate(model, dataset, batch_size: int = 500, num_classes: int | None = None) -> dict:
-    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` (eval mode, no graph)."""
+TASKS = ("classification", "segmentation")
+
+
+def task_of(model) -> str:
+    """What a model predicts: its class attribute ``task`` ("classification" if it has none)."""
+    task = getattr(model, "task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"{type(model).__name__}.task is {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
+def load_task_dataset(model, root=None, split: str = "train"):
+    """The dataset ``model`` trains and is tested on: Fashion-MNIST for a classifier;
+    for a segmentation model, canvases of its ``canvas_size`` made from the items
+    of that split (``data.load_fashion_mnist_segmentation``). ``root`` as in
+    ``data.load_fashion_mnist`` (None: the bundled subset or $MINIVIT_DATA)."""
+    if task_of(model) == "segmentation":
+        return D.load_fashion_mnist_segmentation(root, split, canvas_size=getattr(model, "canvas_size", 56))
+    return D.load_fashion_mnist(root, split)
+
+
+def _check_dataset(model, dataset, where):
+    seg_data = isinstance(dataset, D.SegmentationDataset)
+    if task_of(model) == "segmentation" and not seg_data:
+        raise ValueError(f"{where}: {type(model).__name__} is a segmentation model (task='segmentation') but the "
+                         f"dataset is a {type(dataset).__name__}; give it a data.SegmentationDataset "
+                         f"(e.g. data.load_fashion_mnist_segmentation())")
+    if task_of(model) == "classification" and seg_data:
+        raise ValueError(f"{where}: {type(model).__name__} is a classifier but the dataset holds label maps "
+                         f"(a SegmentationDataset); give it one label per image (e.g. data.load_fashion_mnist())")
+
+
+def segmentation_metrics(confusion: np.ndarray) -> dict:
+    """Pixel accuracy and IoU from a (K, K) pixel confusion matrix (rows: true, columns: predicted).
+
+    pixel accuracy = trace / total;  IoU_c = TP_c / (TP_c + FP_c + FN_c), the
+    overlap of the true and predicted regions of class c over their union.
+    mIoU is the mean of IoU_c over the classes whose union is not empty
+    (classes neither present nor predicted are left out, as ``nan`` in ``iou``).
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(c)
+    union = c.sum(0) + c.sum(1) - tp                     # predicted + true - both
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    return {"pixel_acc": float(tp.sum() / max(c.sum(), 1)),
+            "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"), "iou": iou}
+
+
+def _evaluate_segmentation(model, dataset, batch_size, num_classes, num_examples):
+    loader = D.DataLoader(dataset, batch_size=batch_size, shuffle=False, transform=D.Normalize())
+    k = num_classes or len(dataset.classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    total_loss, n_pix, examples = 0.0, 0, []
+    with no_grad():
+        for x, y in loader:
+            logits = model(Tensor(x))                                    # (B, K, H, W)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum").data)
+            pred = logits.data.argmax(1)                                 # (B, H, W)
+            confusion += np.bincount((y * k + pred).ravel(), minlength=k * k).reshape(k, k)
+            n_pix += y.size
+            if sum(len(e[0]) for e in examples) < num_examples:
+                examples.append((x, y, pred))
+    m = segmentation_metrics(confusion)
+    xs, ys, ps = (np.concatenate([e[i] for e in examples])[:num_examples] for i in range(3))
+    images = xs * D.FMNIST_STD + D.FMNIST_MEAN                           # undo Normalize for plots
+    return {"loss": total_loss / n_pix, "acc": m["pixel_acc"], "pixel_acc": m["pixel_acc"], "miou": m["miou"],
+            "iou": m["iou"], "confusion": confusion,
+            "examples": {"images": images, "masks": ys, "preds": ps}}
+
+
+def evaluate(model, dataset, batch_size: int = 500, num_classes: int | None = None,
+             num_examples: int = 6) -> dict:
+    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` (eval mode, no graph).
+
+    Segmentation models (``task = "segmentation"``) get the mean per-pixel
+    loss, ``pixel_acc`` (also as ``acc``), ``miou``, per-class ``iou``, the
+    pixel confusion matrix and ``examples``: the first ``num_examples``
+    images (un-normalised), true masks and predicted masks, for plots.
+    """
+    _check_dataset(model, dataset, "evaluate")
     was_training = model.training
+    if task_of(model) == "segmentation":
+        model.eval()
+        try:
+            return _evaluate_segmentation(model, dataset, batch_size, num_classes, num_examples)
+        finally:
+            model.train(was_training)
     model.eval()
     loader = D.DataLoader(dataset, batch_size=batch_size, shuffle=False, transform=D.Normalize())
     total_loss, preds, labels = 0.0, [], []
@@ -163,6 +257,20 @@ def cross_entropy_criterion(model, batch, cfg):
     return F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing), out
 
 
+def _check_segmentation_config(cfg: TrainConfig):
+    """Settings that make no sense for label maps fail before any work."""
+    aug = {a.strip() for a in cfg.augment.split(",")} - {"none", ""}
+    if aug:
+        raise ValueError(f"augment={cfg.augment!r}: {cfg.model} is a segmentation model and augmentations would move "
+                         f"the image but not its label map; use augment='none'")
+    for name in ("mixup", "cutmix"):
+        if getattr(cfg, name):
+            raise ValueError(f"{name}={getattr(cfg, name)!r}: {cfg.model} is a segmentation model; "
+                             f"{name} mixes image labels, not label maps (use 0)")
+    if cfg.distill != "none":
+        raise ValueError(f"distill={cfg.distill!r}: distillation is for classifiers; {cfg.model} is a segmentation model")
+
+
 def default_criterion(cfg: TrainConfig, model):
     """The criterion a config asks for: DeiT distillation from ``cfg.teacher``
     when ``cfg.distill`` is "hard" or "soft", else :func:`cross_entropy_criterion`."""
@@ -197,13 +305,21 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
     minivit.manual_seed(cfg.seed)
     if model is None:
         model = models.create(cfg.model, **cfg.model_kwargs)
+    segmentation = task_of(model) == "segmentation"
+    if segmentation:
+        _check_segmentation_config(cfg)
     if train_set is None:
-        train_set = D.load_fashion_mnist(cfg.data, "train")
+        train_set = load_task_dataset(model, cfg.data, "train")
     if test_set is None:
-        test_set = D.load_fashion_mnist(cfg.data, "test")
+        test_set = load_task_dataset(model, cfg.data, "test")
+    _check_dataset(model, train_set, "fit: train_set")
+    _check_dataset(model, test_set, "fit: test_set")
     if cfg.train_subset:
         n = min(cfg.train_subset, len(train_set))
-        train_set = D.ArrayDataset(train_set.images[:n], train_set.labels[:n], train_set.classes)
+        if segmentation:
+            train_set = train_set.subset(n)
+        else:
+            train_set = D.ArrayDataset(train_set.images[:n], train_set.labels[:n], train_set.classes)
     num_classes = getattr(model, "num_classes", 10)
     if criterion is None:
         criterion = default_criterion(cfg, model)
@@ -254,19 +370,30 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
             loss_sum += float(loss.data) * b
             acc_sum += _accuracy(logits.data, y) * b
             n_seen += b
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", acc=f"{acc_sum / n_seen:.3f}",
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", **{"pix_acc" if segmentation else "acc": f"{acc_sum / n_seen:.3f}"},
                             img_s=f"{n_seen / (time.perf_counter() - t0):.0f}", refresh=False)
         train_time = time.perf_counter() - t0
         final = evaluate(model, test_set, num_classes=num_classes)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_acc": acc_sum / n_seen,
-               "test_loss": final["loss"], "test_acc": final["acc"], "lr": sched.get_last_lr()[0],
-               "epoch_time_s": train_time, "images_per_s": n_seen / train_time}
+        if segmentation:
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_pixel_acc": acc_sum / n_seen,
+                   "test_loss": final["loss"], "test_pixel_acc": final["pixel_acc"], "test_miou": final["miou"],
+                   "lr": sched.get_last_lr()[0], "epoch_time_s": train_time, "images_per_s": n_seen / train_time}
+        else:
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_acc": acc_sum / n_seen,
+                   "test_loss": final["loss"], "test_acc": final["acc"], "lr": sched.get_last_lr()[0],
+                   "epoch_time_s": train_time, "images_per_s": n_seen / train_time}
         history.append(row)
         if out is not None:
             _write_run(out, model, opt, sched, epoch, history, final, cfg)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | {train_time:.1f} s, "
-            f"{row['images_per_s']:.0f} img/s")
+        if segmentation:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} pixel acc "
+                f"{row['train_pixel_acc']:.4f} | test loss {row['test_loss']:.4f} pixel acc "
+                f"{row['test_pixel_acc']:.4f} mIoU {row['test_miou']:.4f} | {train_time:.1f} s, "
+                f"{row['images_per_s']:.0f} img/s")
+        else:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | {train_time:.1f} s, "
+                f"{row['images_per_s']:.0f} img/s")
     if final is None:
         final = evaluate(model, test_set, num_classes=num_classes)
     return {"history": history, "model": model, "final": final}
@@ -282,4 +409,8 @@ def _write_run(out: Path, model, opt, sched, epoch, history, final, cfg):
     io.atomic_write_bytes(out / "metrics.csv", text.getvalue().encode())
     from minivit import viz
     viz.save_figure(viz.plot_curves(history), out / "curves.png")
-    viz.save_figure(viz.plot_confusion(final["confusion"], D.CLASSES), out / "confusion.png")
+    if "examples" in final:                              # segmentation: masks instead of a confusion matrix
+        ex = final["examples"]
+        viz.save_figure(viz.plot_masks(ex["images"], ex["masks"], ex["preds"], D.SEG_CLASSES), out / "masks.png")
+    else:
+        viz.save_figure(viz.plot_confusion(final["confusion"], D.CLASSES), out / "confusion.png")

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from minivit.io import atomic_write_bytes
 
-__all__ = ["plot_curves", "plot_confusion", "save_figure", "show_patches", "attention_rollout"]
+__all__ = ["plot_curves", "plot_confusion", "save_figure", "show_patches", "attention_rollout",
+           "plot_masks", "label_colors"]
 
 
 def save_figure(fig: Figure, path, dpi: int = 100) -> None:
@@ -23,16 +24,26 @@ def save_figure(fig: Figure, path, dpi: int = 100) -> None:
 
 
 def plot_curves(history: list[dict]) -> Figure:
-    """Loss and accuracy per epoch (train and test) from ``fit``'s history."""
+    """Loss and accuracy per epoch (train and test) from ``fit``'s history.
+
+    A segmentation history (``train_pixel_acc``, ``test_pixel_acc``,
+    ``test_miou`` columns) gets pixel accuracy and the test mIoU instead.
+    """
     ep = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.2))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-    ax2.plot(ep, [h["test_acc"] for h in history], "s-", label="test")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    if history and "test_miou" in history[0]:
+        ax2.plot(ep, [h["train_pixel_acc"] for h in history], "o-", label="train pixel accuracy")
+        ax2.plot(ep, [h["test_pixel_acc"] for h in history], "s-", label="test pixel accuracy")
+        ax2.plot(ep, [h["test_miou"] for h in history], "^-", label="test mIoU")
+        ax2.set(xlabel="epoch", ylabel="fraction", title="pixel accuracy and mIoU")
+    else:
+        ax2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+        ax2.plot(ep, [h["test_acc"] for h in history], "s-", label="test")
+        ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -100,3 +111,48 @@ def attention_rollout(attentions, discard_ratio: float = 0.0) -> np.ndarray:
         a = a / a.sum(-1, keepdims=True)
         result = a if result is None else a @ result
     return result
+
+
+def label_colors(num_classes: int) -> np.ndarray:
+    """(K, 3) RGB colours for label maps: black for 0 (background), then tab10/tab20 colours."""
+    from matplotlib import colormaps
+    cmap = colormaps["tab10" if num_classes <= 11 else "tab20"]
+    colors = np.zeros((num_classes, 3))
+    colors[1:] = [cmap(i % cmap.N)[:3] for i in range(num_classes - 1)]
+    return colors
+
+
+def plot_masks(images, masks, preds, classes) -> Figure:
+    """Segmentation results, one row per image: the image, the true label map,
+    the predicted label map, and where the two disagree.
+
+    images (N, H, W) or (N, 1, H, W); masks and preds (N, H, W) integer labels
+    into ``classes`` (class 0 is drawn black). The legend lists the classes
+    that appear in the true or predicted maps.
+    """
+    from matplotlib.patches import Patch
+    images = np.asarray(images)
+    images = images[:, 0] if images.ndim == 4 else images
+    masks, preds = np.asarray(masks), np.asarray(preds)
+    if not (images.shape == masks.shape == preds.shape and masks.ndim == 3):
+        raise ValueError(f"plot_masks: images, masks and preds must all be (N, H, W) (images may be (N, 1, H, W)), "
+                         f"got {images.shape}, {masks.shape} and {preds.shape}")
+    k = len(classes)
+    colors = label_colors(k)
+    n = len(images)
+    fig = Figure(figsize=(8.4, 2.2 * n + 0.6))
+    axes = fig.subplots(n, 4, squeeze=False)
+    for i in range(n):
+        wrong = masks[i] != preds[i]
+        panels = [(images[i], "gray", "image"), (colors[masks[i]], None, "true mask"),
+                  (colors[preds[i]], None, f"predicted (pixel acc {1 - wrong.mean():.3f})"),
+                  (wrong, "Reds", f"wrong: {int(wrong.sum())} pixels")]
+        for ax, (img, cmap, title) in zip(axes[i], panels):
+            ax.imshow(img, cmap=cmap, interpolation="nearest", vmin=0 if cmap else None, vmax=1 if cmap else None)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+    present = sorted(set(np.unique(masks).tolist()) | set(np.unique(preds).tolist()))
+    fig.legend(handles=[Patch(color=colors[c], label=classes[c]) for c in present], loc="lower center",
+               ncol=min(len(present), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (2.2 * n + 0.6), 1, 1))
+    return fig
