@@ -122,9 +122,10 @@ def cmd_bench(args) -> int:
     tune_allocator()
     minivit.manual_seed(0)
     model = models.create(args.model)
-    pe = model.patch_embed if hasattr(model, "patch_embed") else None
-    size = pe.img_size if pe is not None else (28, 28)
-    chans = pe.in_chans if pe is not None else 1
+    pe = getattr(model, "patch_embed", None)                # the input size: from the patch embedding,
+    size = getattr(pe, "img_size", getattr(model, "img_size", 28))     # else the model, else Fashion-MNIST's
+    chans = getattr(pe, "in_chans", getattr(model, "in_chans", 1))
+    size = (size, size) if isinstance(size, int) else tuple(size)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, chans, *size)).astype(np.float32)
     y = rng.integers(0, getattr(model, "num_classes", 10), args.batch_size)
