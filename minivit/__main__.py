@@ -60,7 +60,7 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(model=args.model, seed=args.seed, data=args.data)
         for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing",
                      "clip_grad", "augment", "mixup", "cutmix", "train_subset",
-                     "teacher", "distill", "distill_alpha", "distill_tau"):
+                     "teacher", "distill", "distill_alpha", "distill_tau", "diverse_patch"):
             v = getattr(args, name)
             if v is not None:
                 setattr(cfg, name, v)
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill", choices=("hard", "soft"), help="DeiT distillation kind (default hard with --teacher)")
     t.add_argument("--distill-alpha", type=float, help="weight of the distillation term (default 0.5)")
     t.add_argument("--distill-tau", type=_positive_float, help="soft distillation temperature (default 1.0)")
+    t.add_argument("--diverse-patch", metavar="LOSSES",
+                   help="patch diversification (diverse_vit_fmnist): comma list of cos, contrastive, mixing, "
+                        "each optionally =weight, e.g. cos,contrastive,mixing (mixing adds patch-aligned CutMix)")
     t.add_argument("--data", help="directory with Fashion-MNIST IDX files (default: bundled subset, "
                                   "or $MINIVIT_DATA); the full set: /usr/share/datasets/fashion-mnist")
     t.add_argument("--out", help="run folder (default runs/<model>-seed<seed>; never overwritten)")

@@ -67,6 +67,8 @@ class TrainConfig:
     distill: str = "none"            # DeiT: "hard" or "soft" distillation from `teacher`; "none" = off
     distill_alpha: float = 0.5       # soft distillation: weight of the KL term
     distill_tau: float = 1.0         # soft distillation: temperature
+    diverse_patch: str = "none"      # patch diversification losses: comma list of cos, contrastive, mixing,
+                                     # each optionally =weight (default 1), e.g. "cos,mixing=0.5"
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self):
@@ -90,6 +92,7 @@ class TrainConfig:
         if not (0.0 <= self.distill_alpha <= 1.0 and self.distill_tau > 0):
             raise ValueError(f"distill_alpha must be in [0, 1] and distill_tau > 0, got {self.distill_alpha!r} "
                              f"and {self.distill_tau!r}")
+        diverse_weights(self)                            # raises on a bad --diverse-patch
         bad = set(a.strip() for a in self.augment.split(",")) - {"none", "flip", "crop", "erase", ""}
         if bad:
             raise ValueError(f"augment: unknown augmentation(s) {sorted(bad)}; choose from flip, crop, erase, none")
@@ -100,8 +103,31 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def build_transform(cfg: TrainConfig, num_classes: int = 10):
-    """The training-time augmentation pipeline of a config (normalisation last)."""
+def diverse_weights(cfg) -> dict:
+    """``cfg.diverse_patch`` as {"cos": a_1, "contrastive": a_2, "mixing": a_3} ({} for "none")."""
+    spec = (cfg.diverse_patch or "none").strip()
+    if spec == "none":
+        return {}
+    weights = {"cos": 0.0, "contrastive": 0.0, "mixing": 0.0}
+    for part in spec.split(","):
+        name, _, w = part.strip().partition("=")
+        if name not in weights:
+            raise ValueError(f"diverse_patch: unknown loss {name!r} in {spec!r}; choose from cos, contrastive, "
+                             f"mixing (each optionally =weight), or none")
+        try:
+            weights[name] = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"diverse_patch: the weight of {name} must be a number, got {w!r}") from None
+        if not weights[name] >= 0:
+            raise ValueError(f"diverse_patch: the weight of {name} must be >= 0, got {w!r}")
+    return weights
+
+
+def build_transform(cfg: TrainConfig, num_classes: int = 10, patch_size: int | None = None):
+    """The training-time augmentation pipeline of a config (normalisation last).
+
+    With the patch-diversification mixing loss on, CutMix is drawn on the patch
+    grid (``patch_size``) and also yields the per-patch labels that loss needs."""
     steps = []
     aug = {a.strip() for a in cfg.augment.split(",")}
     if "crop" in aug:
@@ -113,7 +139,12 @@ def build_transform(cfg: TrainConfig, num_classes: int = 10):
         steps.append(D.RandomErasing())
     if cfg.mixup > 0:
         steps.append(D.Mixup(alpha=cfg.mixup, num_classes=num_classes))
-    if cfg.cutmix > 0:
+    if diverse_weights(cfg).get("mixing"):
+        if patch_size is None:
+            raise ValueError("diverse_patch mixing needs a model with a patch grid (patch_embed.patch_size)")
+        steps.append(D.CutMix(alpha=cfg.cutmix or 1.0, num_classes=num_classes, patch_size=patch_size,
+                              align_to_patches=True))
+    elif cfg.cutmix > 0:
         steps.append(D.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
     return D.Compose(steps)
 
@@ -273,7 +304,14 @@ def _check_segmentation_config(cfg: TrainConfig):
 
 def default_criterion(cfg: TrainConfig, model):
     """The criterion a config asks for: DeiT distillation from ``cfg.teacher``
-    when ``cfg.distill`` is "hard" or "soft", else :func:`cross_entropy_criterion`."""
+    when ``cfg.distill`` is "hard" or "soft", the patch-diversification losses
+    when ``cfg.diverse_patch`` names any, else :func:`cross_entropy_criterion`."""
+    weights = diverse_weights(cfg)
+    if weights and cfg.distill != "none":
+        raise ValueError("diverse_patch and distill cannot be combined in one run")
+    if weights:
+        from minivit.models.diverse_patch import DiversePatchCriterion
+        return DiversePatchCriterion(**weights)
     if cfg.distill == "none":
         return cross_entropy_criterion
     from minivit.models.deit import DistillationCriterion, load_teacher
@@ -325,7 +363,8 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
         criterion = default_criterion(cfg, model)
 
     loader = D.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                          seed=cfg.seed, transform=build_transform(cfg, num_classes))
+                          seed=cfg.seed, transform=build_transform(
+                              cfg, num_classes, getattr(getattr(model, "patch_embed", None), "patch_size", None)))
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train_set)} images)")

@@ -222,3 +222,25 @@ def test_errors():
         patch_similarity(minivit.tensor(rnd((1, 1, 3))))
     with pytest.raises(ValueError, match="features must be the list"):
         DiversePatchLoss()(minivit.tensor(rnd((1, 2))), None, [0])
+
+
+# ---------------------------------------------------------------- through fit and the command line
+def test_fit_trains_with_the_three_losses_and_patch_aligned_cutmix(tmp_path):
+    from minivit.train import TrainConfig, build_transform, default_criterion, fit
+    cfg = TrainConfig(model="diverse_vit_fmnist", epochs=1, batch_size=16, train_subset=32,
+                      diverse_patch="cos,contrastive=0.5,mixing", model_kwargs={"depth": 2})
+    crit = default_criterion(cfg, models.create("diverse_vit_fmnist", depth=2))
+    assert isinstance(crit, DiversePatchCriterion) and crit.weights == {"cos": 1.0, "contrastive": 0.5, "mixing": 1.0}
+    x = np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32)
+    out = build_transform(cfg, 10, patch_size=4)(x, np.array([0, 1, 2, 3]), np.random.default_rng(0))
+    assert len(out) == 3 and out[2].shape == (4, 49, 10)          # images, mixed targets, patch targets
+    res = fit(cfg, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
+    assert np.isfinite(res["history"][-1]["train_loss"])
+
+
+@pytest.mark.parametrize("spec,pattern", [("cos,smooth", "unknown loss 'smooth'"), ("cos=-1", "must be >= 0"),
+                                          ("mixing=x", "must be a number"), ("cos=nan", "must be >= 0")])
+def test_bad_diverse_patch_spec(spec, pattern):
+    from minivit.train import TrainConfig
+    with pytest.raises(ValueError, match=pattern):
+        TrainConfig(model="diverse_vit_fmnist", diverse_patch=spec).validate()
