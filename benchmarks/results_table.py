@@ -1,0 +1,63 @@
+"""Print the README's results tables (markdown) from the committed result files.
+
+    python benchmarks/results_table.py
+
+Reads benchmarks/results/compare/*.csv (benchmarks/compare_models.py),
+benchmarks/results/vit_fmnist_full/metrics.csv (benchmarks/train_full.py) and
+benchmarks/results/default_recipe.csv (benchmarks/default_recipe.py), so that
+every number in the README's tables is one this script printed.
+"""
+import csv
+from pathlib import Path
+
+RES = Path(__file__).resolve().parent / "results"
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def compare_tables():
+    for path in sorted((RES / "compare").glob("*.csv")):
+        rows = read(path)
+        tag = path.stem
+        data = "full 60k/10k" if tag.startswith("full") else "bundled 10k/2k subset"
+        print(f"\n`{tag}` ({data}; `python benchmarks/compare_models.py` -- see its docstring for the recipe):\n")
+        print("| run | model | train images | epochs | steps | params | test acc | ms/step* |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['run']} | `{r['model']}` | {int(r['train_images']):,} | {r['epochs']} | {r['steps']} | "
+                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {r['ms_per_step']} |")
+
+
+def full_run():
+    path = RES / "vit_fmnist_full" / "metrics.csv"
+    if not path.is_file():
+        return
+    rows = read(path)
+    hours = sum(float(r["epoch_time_s"]) for r in rows) / 3600
+    best = max(rows, key=lambda r: float(r["test_acc"]))
+    print(f"\n`vit_fmnist` on full Fashion-MNIST (`python benchmarks/train_full.py`, 30-epoch schedule): "
+          f"{len(rows)} epochs done, test accuracy {float(rows[-1]['test_acc']):.4f} after epoch {rows[-1]['epoch']} "
+          f"(best {float(best['test_acc']):.4f} at epoch {best['epoch']}), {hours:.1f} h of training so far*.")
+
+
+def recipes():
+    path = RES / "default_recipe.csv"
+    if not path.is_file():
+        return
+    print("\nDefault-recipe search (`python benchmarks/default_recipe.py`, bundled subset, seed 0):\n")
+    print("| entry | epochs | batch | lr | label smoothing | test acc |")
+    print("|---|---|---|---|---|---|")
+    for r in read(path):
+        print(f"| `{r['entry']}` | {r['epochs']} | {r['batch_size']} | {r['lr']} | {r['label_smoothing']} | "
+              f"{float(r['test_acc']):.4f} |")
+
+
+if __name__ == "__main__":
+    compare_tables()
+    full_run()
+    recipes()
+    print("\n*Times were measured on the shared 2-core development machine while other jobs ran: "
+          "compare them within one table only.")
