@@ -66,6 +66,12 @@ What the appendix pseudo-code does differently (a student will meet both):
 - The projector has value and key projections of the tokens and heads.
 - A position encoder (downsampled attention maps) is concatenated to the tokens.
 
+Observed in minivit's short runs (chapter 03): the recurrent tokens of an image
+tend to collapse onto one group (all L weight maps alike), because the filters
+W_R = T_in W_{T->R} inherit the large common part of the previous tokens;
+nothing in the main-text equations keeps tokens apart. The appendix's
+half-recomputed tokens keep some of the earlier variety.
+
 VT-ResNet replaces the last stage of a ResNet by VT modules, as many as
 that stage had blocks, and classifies from the tokens. ``vt_fmnist`` does the
 same on a small conv stem (see :class:`VisualTransformer`).
