@@ -300,6 +300,9 @@ def _check_segmentation_config(cfg: TrainConfig):
                              f"{name} mixes image labels, not label maps (use 0)")
     if cfg.distill != "none":
         raise ValueError(f"distill={cfg.distill!r}: distillation is for classifiers; {cfg.model} is a segmentation model")
+    if diverse_weights(cfg):
+        raise ValueError(f"diverse_patch={cfg.diverse_patch!r}: the patch-diversification losses are for ViT "
+                         f"classifiers; {cfg.model} is a segmentation model")
 
 
 def default_criterion(cfg: TrainConfig, model):

@@ -200,6 +200,7 @@ def test_fit_segmentation_writes_pixel_accuracy_miou_and_masks(tmp_path, seg_dat
 @pytest.mark.parametrize("kw,msg", [
     (dict(augment="flip"), "segmentation model and augmentations would move the image but not its label map"),
     (dict(mixup=0.8), "mixup=0.8: vt_seg_fmnist is a segmentation model"),
+    (dict(diverse_patch="cos"), "diverse_patch='cos': the patch-diversification losses are for ViT classifiers"),
 ])
 def test_fit_rejects_settings_that_break_label_maps(seg_data, kw, msg):
     cfg = TrainConfig(model="vt_seg_fmnist", epochs=1, batch_size=16, model_kwargs=tiny_seg(), **kw)
