@@ -78,15 +78,16 @@ def cmd_train(args) -> int:
     print(f"training {cfg.model} -> {out}")
     t0 = time.perf_counter()
     result = fit(cfg, out_dir=out, resume=resume, progress=not args.no_progress)
-    print(f"done in {time.perf_counter() - t0:.0f} s: test accuracy {result['final']['acc']:.4f} "
-          f"(run folder {out})")
+    final = result["final"]
+    score = (f"test pixel accuracy {final['pixel_acc']:.4f}, mIoU {final['miou']:.4f}" if "miou" in final
+             else f"test accuracy {final['acc']:.4f}")
+    print(f"done in {time.perf_counter() - t0:.0f} s: {score} (run folder {out})")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from minivit import data as D
     from minivit import io, models
-    from minivit.train import evaluate
+    from minivit.train import evaluate, load_task_dataset, task_of
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "checkpoint.npz"
@@ -97,9 +98,13 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{path} does not record its model; pass --model")
     model = models.create(name, **cfg.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
-    test = D.load_fashion_mnist(args.data if args.data else cfg.get("data"), "test")
+    test = load_task_dataset(model, args.data if args.data else cfg.get("data"), "test")
     res = evaluate(model, test, num_classes=getattr(model, "num_classes", None))
-    print(f"{name}: test accuracy {res['acc']:.4f}, loss {res['loss']:.4f} on {len(test)} images")
+    if task_of(model) == "segmentation":
+        print(f"{name}: test pixel accuracy {res['pixel_acc']:.4f}, mIoU {res['miou']:.4f}, "
+              f"loss {res['loss']:.4f} on {len(test)} canvases")
+    else:
+        print(f"{name}: test accuracy {res['acc']:.4f}, loss {res['loss']:.4f} on {len(test)} images")
     return 0
 
 
@@ -118,7 +123,7 @@ def cmd_bench(args) -> int:
     import minivit
     from minivit import models, optim
     from minivit._allocator import tune_allocator
-    from minivit.train import TrainConfig, cross_entropy_criterion
+    from minivit.train import TrainConfig, cross_entropy_criterion, task_of
     tune_allocator()
     minivit.manual_seed(0)
     model = models.create(args.model)
@@ -128,7 +133,8 @@ def cmd_bench(args) -> int:
     size = (size, size) if isinstance(size, int) else tuple(size)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, chans, *size)).astype(np.float32)
-    y = rng.integers(0, getattr(model, "num_classes", 10), args.batch_size)
+    labels = (args.batch_size, *size) if task_of(model) == "segmentation" else (args.batch_size,)
+    y = rng.integers(0, getattr(model, "num_classes", 10), labels)    # segmenters: one label map per image
     opt = optim.AdamW(model.parameters(), lr=1e-3)
     cfg = TrainConfig(model=args.model, label_smoothing=0.0)
     times = []
@@ -153,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and write a run folder",
                        description="Train a model on Fashion-MNIST (the bundled 10k/2k subset by default) "
                                    "and write a run folder with config.json, metrics.csv, checkpoint.npz, "
-                                   "curves.png and confusion.png.")
+                                   "curves.png and confusion.png (masks.png for segmentation models).")
     t.add_argument("--model", default="vit_fmnist", help="registered model name (see `list`; default vit_fmnist)")
     t.add_argument("--epochs", type=_positive_int, help="number of epochs (default 15)")
     t.add_argument("--batch-size", type=_positive_int, help="images per step (default 128)")

@@ -151,7 +151,7 @@ def test_timm_class_configs_match_minivit_configs():
             assert m.layers[0].blocks[0].attn.window_size == cfg["window_size"]
         else:
             assert (cfg["embed_dim"], cfg["depth"]) == (m.embed_dim, len(m.blocks)), name
-        assert convert.timm_call(name).startswith(f"timm.models.")
+        assert convert.timm_call(name).startswith("timm.models.")
 
 
 def test_resolve_names_and_kwargs():

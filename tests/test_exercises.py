@@ -8,8 +8,6 @@ solution passes its checks and the stripped cells, run after it, fail every chec
 import argparse
 import ast
 import copy
-import json
-import os
 import re
 from pathlib import Path
 

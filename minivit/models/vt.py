@@ -86,7 +86,6 @@ of the VT parts (``fpn_seg_fmnist``), on the pasted-item canvases of
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -9,7 +9,6 @@ from hypothesis import given, settings, strategies as st
 
 import minivit
 from minivit import data as D
-from minivit import functional as F
 from minivit import models, nn
 from minivit.models.diverse_patch import (DiversePatchCriterion, DiversePatchLoss, contrastive_loss,
                                           cosine_loss, mixing_loss, patch_similarity)

@@ -18,7 +18,6 @@ nn = torch.nn
 TF = torch.nn.functional
 
 import minivit  # noqa: E402
-from minivit import functional as F  # noqa: E402
 from minivit import models  # noqa: E402
 from minivit.models.pvt import Block, SpatialReductionAttention  # noqa: E402
 
