@@ -55,8 +55,26 @@ def recipes():
               f"{float(r['test_acc']):.4f} |")
 
 
+def segmentation():
+    path = RES / "vt_seg.csv"
+    if not path.is_file():
+        return
+    rows = read(path)
+    r0 = rows[0]
+    print(f"\nSegmentation on 56x56 canvases of bundled-subset items (`python benchmarks/vt_seg.py`; "
+          f"{int(r0['train_canvases']):,} train / {int(r0['test_canvases']):,} test canvases, {r0['epochs']} epoch, "
+          f"batch {r0['batch_size']}, lr {r0['lr']}, seed {r0['seed']}):\n")
+    print("| model | params | multiply-adds / image (mixer) | pixel acc | mIoU | train s* |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| `{r['model']}` | {int(r['params']):,} | {int(r['macs_per_image']) / 1e6:.2f} M "
+              f"({int(r['mixer_macs_per_image']) / 1e6:.2f} M) | {float(r['test_pixel_acc']):.4f} | "
+              f"{float(r['test_miou']):.4f} | {float(r['train_seconds']):.0f} |")
+
+
 if __name__ == "__main__":
     compare_tables()
+    segmentation()
     full_run()
     recipes()
     print("\n*Times were measured on the shared 2-core development machine while other jobs ran: "
