@@ -36,11 +36,12 @@ def timm_fmnist():
 # convit_tiny keeps its width, heads and 224x224 input (196 patches) but only 4 blocks
 # (2 GPSA + 2 MHSA) to keep the test short; its full parameter count is checked in
 # tests/models/test_convit.py and, against timm, here for convit_fmnist.
+@pytest.mark.parametrize("mode", ["eval", "train"])   # train mode: dropout and drop-path are 0 here
 @pytest.mark.parametrize("name,kwargs,shape", [
     ("convit_fmnist", {}, (3, 1, 28, 28)),
     ("convit_tiny", {"depth": 4, "local_up_to_layer": 2}, (1, 3, 224, 224)),
 ])
-def test_convit_matches_timm(name, kwargs, shape):
+def test_convit_matches_timm(name, kwargs, shape, mode):
     torch.manual_seed(0)
     tm = timm_fmnist() if name == "convit_fmnist" else timm.create_model(name, pretrained=False, **kwargs)
     tm = tm.double().eval()
@@ -48,7 +49,8 @@ def test_convit_matches_timm(name, kwargs, shape):
     m = models.create(name, **kwargs).to(np.float64)
     assert m.num_params() == sum(p.numel() for p in tm.parameters())
     load_timm(m, tm)
-    m.eval()
+    tm.train(mode == "train")
+    m.train(mode == "train")
     x = np.random.default_rng(0).standard_normal(shape)
     xt = torch.tensor(x, requires_grad=True)
     ref = tm(xt)
