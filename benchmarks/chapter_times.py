@@ -1,0 +1,71 @@
+"""How long each chapter takes: from the committed notebooks, and optionally measured now.
+
+    python benchmarks/chapter_times.py              # read the timings stored in the executed notebooks
+    python benchmarks/chapter_times.py --run-fast   # also execute each chapter in fast mode and time it
+
+nbclient (``jupyter nbconvert --execute``) records when each cell started and
+finished in the cell's metadata; the committed chapters were executed in
+normal mode that way, so the span from the first cell's start to the last
+cell's end is the chapter's normal-mode runtime on the machine that executed
+it (the 2-core development machine, often with other jobs running: an upper
+bound for a quiet machine). ``--run-fast`` executes every chapter with
+MINIVIT_FAST=1 (the budget of the test suite) and prints the wall time.
+"""
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ts(s):
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def recorded_seconds(nb):
+    starts, ends = [], []
+    for c in nb.cells:
+        ex = c.get("metadata", {}).get("execution", {})
+        s = ex.get("iopub.execute_input") or ex.get("shell.execute_reply.started")
+        e = ex.get("shell.execute_reply")
+        if s and e:
+            starts.append(_ts(s))
+            ends.append(_ts(e))
+    if not starts:
+        return None
+    return (max(ends) - min(starts)).total_seconds()
+
+
+def run_fast(path):
+    import nbclient
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    os.environ.update(MINIVIT_FAST="1", MPLBACKEND="Agg",
+                      PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-fast", action="store_true")
+    a = p.parse_args()
+    import nbformat
+    print("| chapter | normal mode (recorded) |" + (" fast mode (now) |" if a.run_fast else ""))
+    print("|---|---|" + ("---|" if a.run_fast else ""))
+    for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        sec = recorded_seconds(nbformat.read(path, as_version=4))
+        rec = f"{sec / 60:.1f} min" if sec is not None else "not recorded"
+        row = f"| {path.stem} | {rec} |"
+        if a.run_fast:
+            row += f" {run_fast(path):.0f} s |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
