@@ -24,6 +24,7 @@ benchmarks/results/compare/<tag>.csv and printed.
 """
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -34,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minivit import models  # noqa: E402
+from minivit.io import atomic_write_bytes  # noqa: E402
 from minivit.train import TrainConfig, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compare"
@@ -52,6 +54,7 @@ RUNS = [
     ("pvt", "pvt_fmnist", {}),
     ("t2t", "t2t_vit_fmnist", {}),
     ("vt", "vt_fmnist", {}),
+    ("diverse", "diverse_vit_fmnist", {"diverse_patch": "cos,contrastive,mixing"}),
 ]
 
 
@@ -111,10 +114,11 @@ def main():
             summary.parent.mkdir(parents=True, exist_ok=True)
             old = list(csv.DictReader(summary.open())) if summary.is_file() else []
             old = [r for r in old if r["run"] != run] + [{k: str(v) for k, v in row.items()}]
-            with summary.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(row))
-                w.writeheader()
-                w.writerows(old)
+            text = io.StringIO()                         # written whole, atomically: readers never see half
+            w = csv.DictWriter(text, fieldnames=list(row))
+            w.writeheader()
+            w.writerows(old)
+            atomic_write_bytes(summary, text.getvalue().encode())
 
 
 if __name__ == "__main__":

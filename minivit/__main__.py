@@ -46,7 +46,7 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from minivit.train import TrainConfig, fit
+    from minivit.train import CLI_DEFAULTS, TrainConfig, fit
     if args.resume:
         run = Path(args.resume)
         cfg_file = run / "config.json"
@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
             cfg.epochs = args.epochs
         out, resume = run, True
     else:
-        cfg = TrainConfig(model=args.model, seed=args.seed, data=args.data)
+        cfg = TrainConfig(model=args.model, seed=args.seed, data=args.data, **CLI_DEFAULTS)
         for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing",
                      "clip_grad", "augment", "mixup", "cutmix", "train_subset",
                      "teacher", "distill", "distill_alpha", "distill_tau", "diverse_patch"):
@@ -161,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write a run folder with config.json, metrics.csv, checkpoint.npz, "
                                    "curves.png and confusion.png (masks.png for segmentation models).")
     t.add_argument("--model", default="vit_fmnist", help="registered model name (see `list`; default vit_fmnist)")
-    t.add_argument("--epochs", type=_positive_int, help="number of epochs (default 15)")
-    t.add_argument("--batch-size", type=_positive_int, help="images per step (default 128)")
-    t.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate (default 2e-3)")
+    t.add_argument("--epochs", type=_positive_int, help="number of epochs (default 6)")
+    t.add_argument("--batch-size", type=_positive_int, help="images per step (default 64)")
+    t.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate (default 3e-3)")
     t.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (default 0.05)")
     t.add_argument("--warmup", type=float, help="fraction of steps for linear warm-up (default 0.1)")
-    t.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
+    t.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
     t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value (0 = off)")
     t.add_argument("--augment", help="comma list of flip, crop, erase, or none (default none)")
     t.add_argument("--mixup", type=float, help="mixup Beta alpha (0 = off)")

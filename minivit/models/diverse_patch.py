@@ -1,6 +1,6 @@
 """Vision transformers with patch diversification (DiversePatch).
 
-Gong, Li, Chen, Liu, Chandra, Liu, "Vision Transformers with Patch
+C. Gong, D. Wang, M. Li, V. Chandra, Q. Liu, "Vision Transformers with Patch
 Diversification", arXiv 2021. https://arxiv.org/abs/2104.12753
 Official code: https://github.com/ChengyueGongR/PatchVisionTransformer (its
 README warns the training code is incomplete and the results not reproducible).
@@ -195,10 +195,12 @@ class DiversePatchCriterion:
     """A training criterion for :func:`minivit.train.fit`: runs a model that
     exposes per-layer features and applies :class:`DiversePatchLoss`.
 
-    The batch is ``(x, y)`` or, with CutMix patch labels, ``(x, y, patch_targets)``."""
+    The batch is ``(x, y)`` or, with CutMix patch labels, ``(x, y, patch_targets)``.
+    ``parts`` holds the last batch's loss terms (ce, cos, contrastive, mixing) as floats."""
 
     def __init__(self, cos=1.0, contrastive=1.0, mixing=1.0):
         self.weights = dict(cos=cos, contrastive=contrastive, mixing=mixing)
+        self.parts = {}
         DiversePatchLoss(**self.weights)                 # check the weights now
 
     def __call__(self, model, batch, cfg):
@@ -209,7 +211,9 @@ class DiversePatchCriterion:
         patch_targets = batch[2] if len(batch) > 2 else None
         logits, features = model(Tensor(x), return_features=True)
         loss_fn = DiversePatchLoss(**self.weights, label_smoothing=getattr(cfg, "label_smoothing", 0.0))
-        return loss_fn(logits, features, y, patch_targets, model.patch_head), logits
+        loss = loss_fn(logits, features, y, patch_targets, model.patch_head)
+        self.parts = loss_fn.parts                       # the last batch's terms, for logging
+        return loss, logits
 
     def __repr__(self):
         return "DiversePatchCriterion(" + ", ".join(f"{k}={v}" for k, v in self.weights.items()) + ")"
