@@ -1,16 +1,21 @@
 """Print the README's results tables (markdown) from the committed result files.
 
-    python benchmarks/results_table.py
+    python benchmarks/results_table.py                  # print the tables
+    python benchmarks/results_table.py --update-readme  # and put them between README.md's results markers
 
 Reads benchmarks/results/compare/*.csv (benchmarks/compare_models.py),
 benchmarks/results/vit_fmnist_full/metrics.csv (benchmarks/train_full.py) and
 benchmarks/results/default_recipe.csv (benchmarks/default_recipe.py), so that
 every number in the README's tables is one this script printed.
 """
+import contextlib
 import csv
+import io
+import sys
 from pathlib import Path
 
 RES = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def read(path):
@@ -72,10 +77,27 @@ def segmentation():
               f"{float(r['test_miou']):.4f} | {float(r['train_seconds']):.0f} |")
 
 
+def tables() -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        compare_tables()
+        segmentation()
+        full_run()
+        recipes()
+        print("\n*Times were measured on the shared 2-core development machine while other jobs ran: "
+              "compare them within one table only.")
+    return out.getvalue()
+
+
+BEGIN, END = "<!-- results:begin (benchmarks/results_table.py --update-readme) -->", "<!-- results:end -->"
+
 if __name__ == "__main__":
-    compare_tables()
-    segmentation()
-    full_run()
-    recipes()
-    print("\n*Times were measured on the shared 2-core development machine while other jobs ran: "
-          "compare them within one table only.")
+    text = tables()
+    print(text)
+    if "--update-readme" in sys.argv:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        body = readme.read_text()
+        a, b = body.index(BEGIN) + len(BEGIN), body.index(END)
+        from minivit.io import atomic_write_bytes  # noqa: E402
+        atomic_write_bytes(readme, (body[:a] + "\n" + text.strip() + "\n" + body[b:]).encode())
+        print(f"updated {readme}")
