@@ -313,20 +313,12 @@ def test_eval_mode_uses_batchnorm_running_statistics():
     np.testing.assert_allclose(leff(minivit.tensor(t)).data, leff_slow(leff, t, (3, 3), False), rtol=1e-10)
 
 
-def test_loss_falls_on_a_fixed_batch():
-    from minivit import optim
+def test_loss_falls_on_a_fixed_batch(train_steps):
     m = tiny(num_classes=4)
     rng = np.random.default_rng(10)
     x = minivit.tensor(rng.standard_normal((16, 1, 12, 12)).astype(np.float32))
     y = rng.integers(0, 4, 16)
-    opt = optim.AdamW(m.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(m(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.data))
+    losses = train_steps(m, x, y, steps=30)
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minivit
-from minivit import functional as F
-from minivit import models, nn, optim
+from minivit import models, nn
 from minivit.models.convit import GPSA, ConViT, local_init_offsets, nonlocality, rel_indices
 
 
@@ -239,19 +238,12 @@ def test_gradcheck_gpsa_rectangular_grid():
                       params=list(attn.parameters()), max_checks=10, atol=1e-7, rtol=1e-5)
 
 
-def test_loss_falls_on_a_fixed_batch():
+def test_loss_falls_on_a_fixed_batch(train_steps):
     m = tiny(num_classes=4)
     rng = np.random.default_rng(0)
     x = minivit.tensor(rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
     y = rng.integers(0, 4, 16)
-    opt = optim.AdamW(m.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(m(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.data))
+    losses = train_steps(m, x, y, steps=40)
     assert losses[-1] < 0.5 * losses[0]
     assert not np.allclose(m.gates(), 1 / (1 + math.exp(-1)))           # the gates learn too
 
