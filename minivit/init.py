@@ -199,3 +199,22 @@ def kaiming_normal_(tensor, a: float = 0, mode: str = "fan_in", nonlinearity: st
     fan = _fan(arr, mode, "kaiming_normal_")
     std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
     return normal_(tensor, 0.0, std)
+
+
+# ------------------------------------------------------------------ whole-model inits
+def transformer_linears_(module, std: float = 0.02, layer_norms: bool = True):
+    """The init every ViT-family reference code applies to a whole model:
+    each ``nn.Linear`` weight trunc-normal(0, ``std``) with a zero bias and, with
+    ``layer_norms``, each ``nn.LayerNorm`` weight 1 and bias 0. Visits modules in
+    ``module.modules()`` order, so the random draws (and results) are the same as
+    the loop each model file used to write out. Returns ``module``."""
+    from minivit import nn                           # here: minivit.nn imports this module
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                zeros_(m.bias)
+        elif layer_norms and isinstance(m, nn.LayerNorm) and m.weight is not None:
+            ones_(m.weight)
+            zeros_(m.bias)
+    return module

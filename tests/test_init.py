@@ -174,3 +174,20 @@ def test_linear_and_conv_default_init_match_torch_bounds():
     b = 1 / math.sqrt(8 // 2 * 9)
     assert np.abs(conv.weight.data).max() <= b and np.abs(conv.bias.data).max() <= b
     assert lin.weight.dtype == np.float32 and conv.weight.dtype == np.float32
+
+
+def test_transformer_linears_matches_the_explicit_loop_and_resets_layer_norms():
+    import minivit
+    from minivit import init, nn
+    net = nn.Sequential(nn.Linear(8, 300), nn.LayerNorm(300), nn.Linear(300, 4, bias=False))
+    net[1].weight.data[:] = 3.0
+    minivit.manual_seed(1)
+    init.transformer_linears_(net)
+    ref = nn.Sequential(nn.Linear(8, 300), nn.LayerNorm(300), nn.Linear(300, 4, bias=False))
+    minivit.manual_seed(1)
+    for lin in (ref[0], ref[2]):                       # the loop each model file used to write
+        init.trunc_normal_(lin.weight, std=0.02)
+    np.testing.assert_array_equal(net[0].weight.data, ref[0].weight.data)
+    np.testing.assert_array_equal(net[2].weight.data, ref[2].weight.data)
+    assert abs(float(net[0].weight.data.std()) - 0.02) < 0.002 and not np.any(net[0].bias.data)
+    assert np.all(net[1].weight.data == 1.0) and not np.any(net[1].bias.data)

@@ -372,11 +372,7 @@ class CeiT(nn.Module):
         init.trunc_normal_(self.pos_embed, std=0.02)
         init.trunc_normal_(self.cls_token, std=0.02)
         init.zeros_(self.pos_layer_embed)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    init.zeros_(m.bias)
+        init.transformer_linears_(self)                  # Linear trunc-normal(0.02), zero bias; LN 1/0
 
     def no_weight_decay(self):
         """Parameter names that AdamW should not decay (the reference's list)."""

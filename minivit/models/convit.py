@@ -330,11 +330,7 @@ class ConViT(nn.Module):
         convolution keeps PyTorch's default."""
         init.trunc_normal_(self.cls_token, std=0.02)
         init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    init.zeros_(m.bias)
+        init.transformer_linears_(self)                  # Linear trunc-normal(0.02), zero bias; LN 1/0
         if local_init:
             for m in self.modules():
                 if isinstance(m, GPSA):

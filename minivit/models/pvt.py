@@ -292,14 +292,7 @@ class PyramidVisionTransformer(nn.Module):
         for i in range(self.num_stages):
             init.trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)
         init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                init.ones_(m.weight)
-                init.zeros_(m.bias)
+        init.transformer_linears_(self)                  # Linear trunc-normal(0.02), zero bias; LN 1/0
 
     def no_weight_decay(self):
         """Parameter names AdamW should not decay (the official v1 list)."""

@@ -430,11 +430,7 @@ class SwinTransformer(nn.Module):
         """timm's init: trunc-normal(0.02) Linear weights with zero biases,
         LayerNorm 1/0, bias tables trunc-normal(0.02); the patch convolution
         keeps PyTorch's default."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    init.zeros_(m.bias)
+        init.transformer_linears_(self)                  # Linear trunc-normal(0.02), zero bias; LN 1/0
 
     def no_weight_decay(self):
         """Parameter names that AdamW should not decay: the bias tables (timm)."""

@@ -157,11 +157,7 @@ class VisionTransformer(nn.Module):
         patch convolution keeps PyTorch's default."""
         init.trunc_normal_(self.pos_embed, std=0.02)
         init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    init.zeros_(m.bias)
+        init.transformer_linears_(self)                  # Linear trunc-normal(0.02), zero bias; LN 1/0
 
     def no_weight_decay(self):
         """Parameter names that AdamW should not decay (timm's convention)."""
