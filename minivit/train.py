@@ -46,7 +46,7 @@ __all__ = ["TrainConfig", "fit", "evaluate", "build_transform", "cross_entropy_c
 
 
 # What `python -m minivit train` uses unless told otherwise: a recipe tuned for a short run on the
-# bundled 10k subset (about 5 minutes on 2 cores for vit_fmnist). Found with
+# bundled 10k subset, aimed at about 5 minutes on 2 cores for vit_fmnist. Found with
 # benchmarks/default_recipe.py (results in benchmarks/results/default_recipe.csv): with 6 epochs,
 # batch 64 beat batch 128 and 32, and lr 3e-3 without label smoothing beat lr 2e-3 with it.
 # TrainConfig's own defaults stay PAPERS.md's reference recipe (batch 128, lr 2e-3, smoothing 0.1).
