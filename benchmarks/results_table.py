@@ -23,17 +23,28 @@ def read(path):
         return list(csv.DictReader(f))
 
 
+def _ms_per_step(summary, row):
+    """Median epoch time / steps per epoch, from the run's metrics.csv: robust to one epoch that was
+    slowed or paused (the jobs shared the machine); the summary's total is the fallback."""
+    metrics = summary.parent / summary.stem / row["run"] / "metrics.csv"
+    if not metrics.is_file():
+        return row["ms_per_step"]
+    times = sorted(float(m["epoch_time_s"]) for m in read(metrics))
+    per_epoch = int(row["steps"]) // int(row["epochs"])
+    return f"{1000 * times[len(times) // 2] / per_epoch:.0f}"
+
+
 def compare_tables():
     for path in sorted((RES / "compare").glob("*.csv")):
         rows = read(path)
         tag = path.stem
         data = "full 60k/10k" if tag.startswith("full") else "bundled 10k/2k subset"
         print(f"\n`{tag}` ({data}; `python benchmarks/compare_models.py` -- see its docstring for the recipe):\n")
-        print("| run | model | train images | epochs | steps | params | test acc | ms/step* |")
+        print("| run | model | train images | epochs | steps | params | test acc | ms/step (median epoch)* |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['run']} | `{r['model']}` | {int(r['train_images']):,} | {r['epochs']} | {r['steps']} | "
-                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {r['ms_per_step']} |")
+                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {_ms_per_step(path, r)} |")
 
 
 def full_run():
