@@ -349,13 +349,7 @@ class SwinTransformerStage(nn.Module):
 
     def forward(self, x, return_attention: bool = False):
         x = self.downsample(x)
-        attns = []
-        for blk in self.blocks:
-            if return_attention:
-                x, a = blk(x, return_attention=True)
-                attns.append(a)
-            else:
-                x = blk(x)
+        x, attns = nn.run_blocks(self.blocks, x, return_attention)
         return (x, attns) if return_attention else x
 
 
@@ -460,13 +454,7 @@ class SwinTransformer(nn.Module):
     def forward_features(self, x, return_attention: bool = False):
         """(B, C, H, W) -> normalised last map (B, H_n, W_n, C_n) [, attention per stage]."""
         x = self.patch_embed(x)                                  # (B, H/P, W/P, C)
-        attns = []
-        for stage in self.layers:
-            if return_attention:
-                x, a = stage(x, return_attention=True)
-                attns.append(a)
-            else:
-                x = stage(x)
+        x, attns = nn.run_blocks(self.layers, x, return_attention)
         x = self.norm(x)
         return (x, attns) if return_attention else x
 

@@ -479,13 +479,7 @@ class T2TViT(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)               # (B, 1, D)
         x = F.cat([cls, x], dim=1)                                    # (B, 1 + l_n, D)
         x = self.pos_drop(x + self.pos_embed)
-        attns = []
-        for blk in self.blocks:
-            if return_attention:
-                x, a = blk(x, return_attention=True)
-                attns.append(a)
-            else:
-                x = blk(x)
+        x, attns = nn.run_blocks(self.blocks, x, return_attention)
         x = self.norm(x)
         return (x, attns) if return_attention else x
 

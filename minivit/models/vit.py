@@ -176,13 +176,7 @@ class VisionTransformer(nn.Module):
         p = self.patch_embed.patch_size
         grid = (x.shape[2] // p, x.shape[3] // p)
         x = self._pos_embed(self.patch_embed(x), grid)               # (B, 1+N, D)
-        attns = []
-        for blk in self.blocks:
-            if return_attention:
-                x, a = blk(x, return_attention=True)
-                attns.append(a)
-            else:
-                x = blk(x)
+        x, attns = nn.run_blocks(self.blocks, x, return_attention)
         x = self.norm(x)
         return (x, attns) if return_attention else x
 

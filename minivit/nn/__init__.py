@@ -37,9 +37,9 @@ from minivit.nn.module import Parameter, Module, StateDictError, IncompatibleKey
 from minivit.nn.layers import (Linear, Conv2d, LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, DropPath,
                                GELU, ReLU, Tanh, Sigmoid, Softmax, Identity, Flatten,
                                MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Sequential, ModuleList)
-from minivit.nn.transformer import Attention, Mlp
+from minivit.nn.transformer import Attention, Mlp, run_blocks
 
-__all__ = ["Parameter", "Module", "StateDictError", "IncompatibleKeys",
+__all__ = ["run_blocks", "Parameter", "Module", "StateDictError", "IncompatibleKeys",
            "Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "Dropout", "DropPath",
            "GELU", "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity", "Flatten",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Sequential", "ModuleList",

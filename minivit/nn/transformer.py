@@ -100,3 +100,18 @@ class Mlp(Module):
         x = self.drop1(self.act(self.fc1(x)))               # (..., hidden)
         x = self.drop2(self.fc2(self.norm(x)))              # (..., out)
         return x
+
+
+def run_blocks(blocks, x, return_attention: bool = False):
+    """Apply ``blocks`` in order: ``x = blk(x)``. Returns ``(x, attns)``, where
+    ``attns`` lists each block's attention maps when ``return_attention`` (the
+    block is then called with ``return_attention=True`` and returns ``(x, attn)``)
+    and is empty otherwise. The loop every model's ``forward_features`` shares."""
+    attns = []
+    for blk in blocks:
+        if return_attention:
+            x, a = blk(x, return_attention=True)
+            attns.append(a)
+        else:
+            x = blk(x)
+    return x, attns
