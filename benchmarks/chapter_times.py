@@ -2,6 +2,7 @@
 
     python benchmarks/chapter_times.py              # read the timings stored in the executed notebooks
     python benchmarks/chapter_times.py --run-fast   # also execute each chapter in fast mode and time it
+    python benchmarks/chapter_times.py --execute 01 02   # re-execute chapters in normal mode, in place
 
 nbclient (``jupyter nbconvert --execute``) records when each cell started and
 finished in the cell's metadata; the committed chapters were executed in
@@ -51,11 +52,37 @@ def run_fast(path):
     return time.perf_counter() - t0
 
 
+def execute_in_place(path):
+    """Run a chapter in normal mode and write it back (atomically) with its outputs and timings."""
+    import nbclient
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    env = {k: v for k, v in os.environ.items() if k != "MINIVIT_FAST"}
+    os.environ.clear()
+    os.environ.update(env, MPLBACKEND="Agg")
+    t0 = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=3600, kernel_name="python3", record_timing=True,
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - t0
+    tmp = path.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, path)
+    return seconds
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-fast", action="store_true")
+    p.add_argument("--execute", nargs="+", metavar="NN",
+                   help="re-execute these chapters (by number) in normal mode and save them in place")
     a = p.parse_args()
     import nbformat
+    for num in a.execute or []:
+        matches = sorted((ROOT / "chapters").glob(f"{num}_*.ipynb"))
+        if len(matches) != 1:
+            p.error(f"--execute: expected one chapter numbered {num!r}, found {len(matches)}")
+        print(f"executing {matches[0].name} ...", flush=True)
+        print(f"  {execute_in_place(matches[0]) / 60:.1f} min", flush=True)
     print("| chapter | normal mode (recorded) |" + (" fast mode (now) |" if a.run_fast else ""))
     print("|---|---|" + ("---|" if a.run_fast else ""))
     for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):

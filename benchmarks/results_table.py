@@ -23,28 +23,30 @@ def read(path):
         return list(csv.DictReader(f))
 
 
-def _ms_per_step(summary, row):
-    """Median epoch time / steps per epoch, from the run's metrics.csv: robust to one epoch that was
-    slowed or paused (the jobs shared the machine); the summary's total is the fallback."""
-    metrics = summary.parent / summary.stem / row["run"] / "metrics.csv"
-    if not metrics.is_file():
-        return row["ms_per_step"]
-    times = sorted(float(m["epoch_time_s"]) for m in read(metrics))
-    per_epoch = int(row["steps"]) // int(row["epochs"])
-    return f"{1000 * times[len(times) // 2] / per_epoch:.0f}"
+def bench_speeds():
+    """{model: row} from benchmarks/bench_models.py (every model timed in one run, machine otherwise idle)."""
+    path = RES / "bench_models.csv"
+    return {r["model"]: r for r in read(path)} if path.is_file() else {}
 
 
 def compare_tables():
+    speeds = bench_speeds()
     for path in sorted((RES / "compare").glob("*.csv")):
         rows = read(path)
         tag = path.stem
         data = "full 60k/10k" if tag.startswith("full") else "bundled 10k/2k subset"
         print(f"\n`{tag}` ({data}; `python benchmarks/compare_models.py` -- see its docstring for the recipe):\n")
-        print("| run | model | train images | epochs | steps | params | test acc | ms/step (median epoch)* |")
+        print("| run | model | train images | epochs | steps | params | test acc | ms/step, batch 128 (bench)\u2020 |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
+            ms = speeds.get(r["model"], {}).get("ms_per_step", "not measured")
             print(f"| {r['run']} | `{r['model']}` | {int(r['train_images']):,} | {r['epochs']} | {r['steps']} | "
-                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {_ms_per_step(path, r)} |")
+                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {ms} |")
+    if speeds:
+        r0 = next(iter(speeds.values()))
+        print(f"\n\u2020`python benchmarks/bench_models.py`: one training step (forward, backward, AdamW) at batch "
+              f"{r0['batch_size']} on random data, every model timed in the same run with nothing else running "
+              f"({r0['cpu']}, 2 cores, NumPy {r0['numpy']}). Compare them with each other, not across machines.")
 
 
 def full_run():
@@ -57,6 +59,27 @@ def full_run():
     print(f"\n`vit_fmnist` on full Fashion-MNIST (`python benchmarks/train_full.py`, 30-epoch schedule): "
           f"{len(rows)} epochs done, test accuracy {float(rows[-1]['test_acc']):.4f} after epoch {rows[-1]['epoch']} "
           f"(best {float(best['test_acc']):.4f} at epoch {best['epoch']}), {hours:.1f} h of training so far*.")
+
+
+def depth_sweep():
+    import json
+    path = RES / "diverse_sweep" / "sweep.json"
+    if not path.is_file():
+        return
+    runs = json.loads(path.read_text()).values()
+    order = {"plain": 0, "diverse": 1, "cutmix": 2}
+    kind = lambda r: r.get("kind") or ("plain" if r["losses"] == "none" else "diverse")  # noqa: E731
+    runs = sorted(runs, key=lambda r: (r["depth"], order[kind(r)]))
+    r0 = runs[0]
+    print(f"\nOver-smoothing sweep (`python benchmarks/diverse_depth_sweep.py`; `diverse_vit_fmnist`, bundled subset, "
+          f"{r0['epochs']} epochs, batch 128, lr 2e-3, seed 0; P(h) = mean |cos| between patch tokens after each "
+          f"block, on 500 test images). plain: cross-entropy; diverse: + L_cos + L_contrastive + L_mixing "
+          f"(weights 1, patch-aligned CutMix); cutmix: cross-entropy with ordinary CutMix (control):\n")
+    print("| depth | run | test acc | P, first block | P, last block | P, max over blocks |")
+    print("|---|---|---|---|---|---|")
+    for r in runs:
+        P = r["P_per_layer"]
+        print(f"| {r['depth']} | {kind(r)} | {r['test_acc']:.4f} | {P[0]:.3f} | {P[-1]:.3f} | {max(P):.3f} |")
 
 
 def recipes():
@@ -93,6 +116,7 @@ def tables() -> str:
     with contextlib.redirect_stdout(out):
         compare_tables()
         segmentation()
+        depth_sweep()
         full_run()
         recipes()
         print("\n*Times were measured on the shared 2-core development machine while other jobs ran: "
