@@ -3,6 +3,7 @@
     python benchmarks/chapter_times.py              # read the timings stored in the executed notebooks
     python benchmarks/chapter_times.py --run-fast   # also execute each chapter in fast mode and time it
     python benchmarks/chapter_times.py --execute 01 02   # re-execute chapters in normal mode, in place
+    python benchmarks/chapter_times.py --update-readme   # put the recorded times into README.md
 
 nbclient (``jupyter nbconvert --execute``) records when each cell started and
 finished in the cell's metadata; the committed chapters were executed in
@@ -75,6 +76,8 @@ def main():
     p.add_argument("--run-fast", action="store_true")
     p.add_argument("--execute", nargs="+", metavar="NN",
                    help="re-execute these chapters (by number) in normal mode and save them in place")
+    p.add_argument("--update-readme", action="store_true",
+                   help="write the recorded normal-mode times between README.md's chapter-times markers")
     a = p.parse_args()
     import nbformat
     for num in a.execute or []:
@@ -92,6 +95,26 @@ def main():
         if a.run_fast:
             row += f" {run_fast(path):.0f} s |"
         print(row, flush=True)
+    if a.update_readme:
+        update_readme()
+
+
+BEGIN, END = "<!-- chapter-times:begin (benchmarks/chapter_times.py --update-readme) -->", "<!-- chapter-times:end -->"
+
+
+def update_readme():
+    import nbformat
+    sys.path.insert(0, str(ROOT))
+    from minivit.io import atomic_write_bytes
+    lines = ["| chapter | normal mode |", "|---|---|"]
+    for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        sec = recorded_seconds(nbformat.read(path, as_version=4))
+        lines.append(f"| `{path.stem}` | {f'{sec / 60:.1f} min' if sec is not None else 'not recorded'} |")
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    i, j = body.index(BEGIN) + len(BEGIN), body.index(END)
+    atomic_write_bytes(readme, (body[:i] + "\n" + "\n".join(lines) + "\n" + body[j:]).encode())
+    print(f"updated {readme}")
 
 
 if __name__ == "__main__":
