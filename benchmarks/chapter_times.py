@@ -58,9 +58,8 @@ def execute_in_place(path):
     import nbclient
     import nbformat
     nb = nbformat.read(path, as_version=4)
-    env = {k: v for k, v in os.environ.items() if k != "MINIVIT_FAST"}
-    os.environ.clear()
-    os.environ.update(env, MPLBACKEND="Agg")
+    for var in ("MINIVIT_FAST", "MPLBACKEND"):       # normal mode, and figures inline in the saved notebook
+        os.environ.pop(var, None)
     t0 = time.perf_counter()
     nbclient.NotebookClient(nb, timeout=3600, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent)}}).execute()
