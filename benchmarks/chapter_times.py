@@ -64,6 +64,7 @@ def execute_in_place(path):
     nbclient.NotebookClient(nb, timeout=3600, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - t0
+    nb.metadata.pop("widgets", None)            # tqdm's widget state: large, and useless once the bars are cleared
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, str(tmp))
     os.replace(tmp, path)

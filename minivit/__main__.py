@@ -153,6 +153,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minivit.train import CLI_DEFAULTS as D
     p = argparse.ArgumentParser(prog="python -m minivit", description="minivit: vision transformers in pure NumPy")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -161,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write a run folder with config.json, metrics.csv, checkpoint.npz, "
                                    "curves.png and confusion.png (masks.png for segmentation models).")
     t.add_argument("--model", default="vit_fmnist", help="registered model name (see `list`; default vit_fmnist)")
-    t.add_argument("--epochs", type=_positive_int, help="number of epochs (default 6)")
-    t.add_argument("--batch-size", type=_positive_int, help="images per step (default 64)")
-    t.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate (default 3e-3)")
+    t.add_argument("--epochs", type=_positive_int, help=f"number of epochs (default {D['epochs']})")
+    t.add_argument("--batch-size", type=_positive_int, help=f"images per step (default {D['batch_size']})")
+    t.add_argument("--lr", type=_positive_float, help=f"peak AdamW learning rate (default {D['lr']:g})")
     t.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (default 0.05)")
     t.add_argument("--warmup", type=float, help="fraction of steps for linear warm-up (default 0.1)")
-    t.add_argument("--label-smoothing", type=float, help="label smoothing (default 0)")
+    t.add_argument("--label-smoothing", type=float, help=f"label smoothing (default {D['label_smoothing']:g})")
     t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value (0 = off)")
     t.add_argument("--augment", help="comma list of flip, crop, erase, or none (default none)")
     t.add_argument("--mixup", type=float, help="mixup Beta alpha (0 = off)")
