@@ -75,9 +75,10 @@ def depth_sweep():
     if not path.is_file():
         return
     runs = json.loads(path.read_text()).values()
-    order = {"plain": 0, "diverse": 1, "cutmix": 2}
-    kind = lambda r: r.get("kind") or ("plain" if r["losses"] == "none" else "diverse")  # noqa: E731
-    runs = sorted(runs, key=lambda r: (r["depth"], order[kind(r)]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from diverse_depth_sweep import KINDS, kind_of as kind
+    order = list(KINDS)
+    runs = sorted(runs, key=lambda r: (r["depth"], order.index(kind(r))))
     r0 = runs[0]
     print(f"\nOver-smoothing sweep (`python benchmarks/diverse_depth_sweep.py`; `diverse_vit_fmnist`, bundled subset, "
           f"{r0['epochs']} epochs, batch 128, lr 2e-3, seed 0; P(h) = mean |cos| between patch tokens after each "

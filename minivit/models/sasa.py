@@ -386,12 +386,8 @@ class SASAResNet(nn.Module):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))          # stem (B, stem_width, H', W')
         attns = []
         for stage in self.layers:
-            for blk in stage:
-                if return_attention:
-                    x, a = blk(x, return_attention=True)
-                    attns.append(a)
-                else:
-                    x = blk(x)
+            x, stage_attns = nn.run_blocks(stage, x, return_attention)
+            attns += stage_attns
         x = x.mean(dim=(2, 3))                                      # global average pool (B, C)
         logits = self.fc(x)
         return (logits, attns) if return_attention else logits
