@@ -67,9 +67,9 @@ import io as _io  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
+import minivit  # noqa: E402,F401  (before NumPy: it tunes OpenBLAS's threads, see minivit/_threads.py)
 import numpy as np  # noqa: E402
 
-import minivit  # noqa: E402
 from minivit import nn  # noqa: E402
 from minivit.io import atomic_write_bytes  # noqa: E402
 from minivit.models.pvt import SpatialReductionAttention  # noqa: E402

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import minivit  # noqa: E402,F401  (before NumPy: it tunes OpenBLAS's threads, see minivit/_threads.py)
 import numpy as np  # noqa: E402
 
 
@@ -29,7 +30,6 @@ def time_steps(step, steps):
 
 
 def minivit_step_fn(batch):
-    import minivit
     from minivit import functional as F, models, optim
     from minivit._allocator import tune_allocator
     tune_allocator()                 # what `fit` does too
@@ -82,9 +82,12 @@ def main():
     p.add_argument("--steps", type=int, default=8, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="threads for PyTorch and for minivit's row blocks (minivit.set_num_threads); "
+                        "OpenBLAS keeps its own count (OPENBLAS_NUM_THREADS)")
     p.add_argument("--no-torch", action="store_true")
     a = p.parse_args()
+    minivit.set_num_threads(a.threads)
     print(f"machine: {os.cpu_count()} cores, NumPy {np.__version__}, float32 matmul {matmul_gflops():.0f} GFLOP/s")
     mv_step = minivit_step_fn(a.batch_size)
     t_step = None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import minivit  # noqa: E402,F401  (before NumPy: it tunes OpenBLAS's threads, see minivit/_threads.py)
 import numpy as np  # noqa: E402
 
 from minivit import data as D  # noqa: E402

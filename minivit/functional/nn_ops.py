@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from minivit.tensor import Tensor, get_rng
+from minivit._threads import parallel_for
 from . import _normal
 from ._util import as_tensor, norm_axes
 
@@ -257,35 +258,50 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     eps = float(eps)
     D = math.prod(shape)
     x2 = x.data.reshape(-1, D)                            # (M, D), one row per leading index
-    xhat = x2 - x2.mean(axis=1, keepdims=True)            # x - mu  (ours: updated in place)
-    rstd = np.einsum("md,md->m", xhat, xhat)[:, None]     # sum (x - mu)^2, no temporary
-    rstd /= D                                             # var
-    rstd += eps
-    np.sqrt(rstd, out=rstd)
-    np.reciprocal(rstd, out=rstd)                         # rstd (M, 1)
-    xhat *= rstd
+    M = x2.shape[0]
     w2 = w.data.reshape(D) if w is not None else None
     b2 = b.data.reshape(D) if b is not None else None
-    if w2 is not None:
-        out = xhat * w2
-        if b2 is not None:
-            out += b2
-    else:
-        out = xhat + b2 if b2 is not None else xhat
+    xhat = np.empty_like(x2)
+    rstd = np.empty((M, 1), dtype=x2.dtype)
+    out = np.empty_like(x2) if (w2 is not None or b2 is not None) else xhat
+
+    def forward_rows(r):                                  # rows are independent: threads share them
+        xh, rs = xhat[r], rstd[r]
+        np.subtract(x2[r], x2[r].mean(axis=1, keepdims=True), out=xh)   # x - mu
+        np.einsum("md,md->m", xh, xh, out=rs[:, 0])       # sum (x - mu)^2, no temporary
+        rs /= D                                           # var
+        rs += eps
+        np.sqrt(rs, out=rs)
+        np.reciprocal(rs, out=rs)                         # rstd (M, 1)
+        xh *= rs
+        if w2 is not None:
+            np.multiply(xh, w2, out=out[r])
+            if b2 is not None:
+                out[r] += b2
+        elif b2 is not None:
+            np.add(xh, b2, out=out[r])
+
+    parallel_for(forward_rows, M, work=x2.size)
     out = out.reshape(x.shape)
 
     def backward(g):
         g2 = g.reshape(-1, D)
         gx = gw = gb = None
         if x.requires_grad:
-            gh = g2 * w2 if w2 is not None else g2
-            mean_gh = gh.mean(axis=1, keepdims=True)                  # (M, 1)
-            mean_ghx = np.einsum("md,md->m", gh, xhat)[:, None]       # (M, 1)
-            mean_ghx /= D
-            gx = xhat * mean_ghx
-            np.subtract(gh, gx, out=gx)
-            gx -= mean_gh
-            gx *= rstd
+            gx = np.empty_like(xhat)
+
+            def backward_rows(r):
+                gh = g2[r] * w2 if w2 is not None else g2[r]
+                mean_gh = gh.mean(axis=1, keepdims=True)              # (m, 1)
+                mean_ghx = np.einsum("md,md->m", gh, xhat[r])[:, None]  # (m, 1)
+                mean_ghx /= D
+                gxr = gx[r]
+                np.multiply(xhat[r], mean_ghx, out=gxr)
+                np.subtract(gh, gxr, out=gxr)
+                gxr -= mean_gh
+                gxr *= rstd[r]
+
+            parallel_for(backward_rows, M, work=xhat.size)
             gx = gx.reshape(x.shape)
         if w is not None and w.requires_grad:
             gw = np.einsum("md,md->d", g2, xhat).reshape(shape)
