@@ -53,8 +53,10 @@ def main():
         res = fit(cfg, progress=False, log=lambda m: None)
         wall = time.perf_counter() - t0
         accs = [h["test_acc"] for h in res["history"]]
-        print(f"{entry:40s} acc {accs[-1]:.4f}  wall {wall:6.0f} s  per-epoch {' '.join(f'{x:.3f}' for x in accs)}",
-              flush=True)
+        train_s = sum(h["epoch_time_s"] for h in res["history"])
+        print(f"{entry:40s} acc {accs[-1]:.4f}  wall {wall:6.0f} s (training {train_s:.0f} s)  "
+              f"final train acc {res['history'][-1]['train_acc']:.4f}  "
+              f"per-epoch {' '.join(f'{x:.3f}' for x in accs)}", flush=True)
         with path.open("a", newline="") as f:
             w = csv.writer(f)
             if new:

@@ -32,21 +32,53 @@ def bench_speeds():
 def compare_tables():
     speeds = bench_speeds()
     for path in sorted((RES / "compare").glob("*.csv")):
+        if path.stem.endswith("-sizes"):
+            continue                                     # train_size_table()
         rows = read(path)
         tag = path.stem
         data = "full 60k/10k" if tag.startswith("full") else "bundled 10k/2k subset"
         print(f"\n`{tag}` ({data}; `python benchmarks/compare_models.py` -- see its docstring for the recipe):\n")
-        print("| run | model | train images | epochs | steps | params | test acc | ms/step, batch 128 (bench)\u2020 |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| run | model | train images | epochs | steps | params | test acc | train time\u2021 "
+              "| ms/step, batch 128 (bench)\u2020 |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             ms = speeds.get(r["model"], {}).get("ms_per_step", "not measured")
             print(f"| {r['run']} | `{r['model']}` | {int(r['train_images']):,} | {r['epochs']} | {r['steps']} | "
-                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {ms} |")
+                  f"{int(r['params']):,} | {float(r['test_acc']):.3f} | {float(r['train_s']) / 60:.1f} min | {ms} |")
     if speeds:
         r0 = next(iter(speeds.values()))
         print(f"\n\u2020`python benchmarks/bench_models.py`: one training step (forward, backward, AdamW) at batch "
               f"{r0['batch_size']} on random data, every model timed in the same run with nothing else running "
               f"({r0['cpu']}, 2 cores, NumPy {r0['numpy']}). Compare them with each other, not across machines.")
+    print("\n\u2021Training wall time on 2 cores as the run itself measured it (the sum of its epochs, "
+          "evaluation excluded). The `full-e1` runs had the machine to themselves, one after another, "
+          "with the threaded engine (`minivit/_threads.py`); the `subset-e5` runs shared the machine with "
+          "other jobs and predate it, so their times are rough: use the \u2020 column for speed.")
+
+
+def train_size_table():
+    """Issue 5's sample-efficiency runs: test accuracy against the number of training images."""
+    for path in sorted((RES / "compare").glob("*-sizes.csv")):
+        rows = read(path)
+        base = RES / "compare" / (path.stem[:-len("-sizes")] + ".csv")   # the same recipe on all 10k
+        full = {r["model"]: r for r in read(base)} if base.is_file() else {}
+        sizes = sorted({int(r["train_images"]) for r in rows})
+        by = {(r["model"], int(r["train_images"])): r for r in rows}
+        for m, r in full.items():
+            by.setdefault((m, int(r["train_images"])), r)
+        sizes = sorted(set(sizes) | {int(r["train_images"]) for r in full.values()})
+        models_ = [m for m in dict.fromkeys(r["model"] for r in rows)]
+        steps = sorted({int(r["steps"]) for r in rows})
+        print(f"\nSample efficiency (`python benchmarks/compare_models.py --train-sizes "
+              f"{' '.join(str(n) for n in sizes if n != 10000)} --only vit,convit,ceit`; nested subsets of the "
+              f"bundled train split, each run given the same ~{steps[0]} optimizer steps of batch 128 as the "
+              f"10k run of `{base.stem}`, so the small sets are seen for more epochs; test accuracy on the "
+              f"bundled 2,000 test images, seed 0):\n")
+        print("| model | " + " | ".join(f"{n:,} images" for n in sizes) + " |")
+        print("|---" * (len(sizes) + 1) + "|")
+        for m in models_:
+            cells = [f"{float(by[(m, n)]['test_acc']):.3f}" if (m, n) in by else "-" for n in sizes]
+            print(f"| `{m}` | " + " | ".join(cells) + " |")
 
 
 def full_run():
@@ -124,6 +156,7 @@ def tables() -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         compare_tables()
+        train_size_table()
         segmentation()
         depth_sweep()
         full_run()
