@@ -14,7 +14,8 @@ from the ``cnn_fmnist`` run made first, as DeiT's paper does.
 (the first n images of the bundled train split, itself class-balanced), each
 run given the same number of optimizer steps as the full 10k run of the same
 epochs (so the small sets are seen for more epochs), because sample efficiency
-is the question, not compute.
+is the question, not compute. They are tested every epochs/5 epochs and after
+the last (``TrainConfig.eval_every``), as often as the 10k run.
 
 Each run's folder (metrics.csv, curves.png, checkpoint.npz for resuming) goes to
 benchmarks/results/compare/<tag>/<run>/; finished runs are skipped, so the
@@ -89,11 +90,13 @@ def main():
         for n in sizes:
             run = f"{name}-n{n}" if n else name
             out = root / run
-            epochs = a.epochs
-            if n:   # same optimizer steps as the full-size run: more epochs on fewer images
+            epochs, eval_every = a.epochs, 1
+            if n:   # same optimizer steps as the full-size run: more epochs on fewer images,
+                #     tested about as often as the full-size run (the test set costs the same each time)
                 epochs = max(1, math.ceil(a.epochs * (full_n // base.batch_size) / (n // base.batch_size)))
+                eval_every = max(1, epochs // a.epochs)
             fields = {k: (v.format(cnn=str(root / "cnn")) if isinstance(v, str) else v) for k, v in extra.items()}
-            cfg = replace(base, model=model, epochs=epochs, train_subset=n, **fields)
+            cfg = replace(base, model=model, epochs=epochs, train_subset=n, eval_every=eval_every, **fields)
             t0 = time.perf_counter()
             if not finished(out, epochs):
                 resume = (out / "checkpoint.npz").is_file()
@@ -105,7 +108,8 @@ def main():
             steps = len(hist) * ((n or full_n) // cfg.batch_size)
             row = {"run": run, "model": model, "train_images": n or full_n, "epochs": len(hist), "steps": steps,
                    "params": models.create(model).num_params(), "test_acc": float(hist[-1]["test_acc"]),
-                   "best_test_acc": max(float(h["test_acc"]) for h in hist), "train_s": round(train_s),
+                   "best_test_acc": max(float(h["test_acc"]) for h in hist if h["test_acc"] != "nan"),
+                   "train_s": round(train_s),
                    "ms_per_step": round(1000 * train_s / steps), "this_invocation_s": round(time.perf_counter() - t0),
                    "extra": json.dumps({k: v for k, v in extra.items() if k != "teacher"})}
             rows.append(row)

@@ -73,6 +73,8 @@ class TrainConfig:
     seed: int = 0
     data: str | None = None          # None: bundled subset (or $MINIVIT_DATA)
     train_subset: int = 0            # use only the first n training images (0 = all)
+    eval_every: int = 1              # test (and save the run folder) every k epochs and after the last;
+                                     # the other epochs' test columns are NaN (many short epochs: small subsets)
     teacher: str | None = None       # DeiT: run folder / checkpoint of the teacher to distil from
     distill: str = "none"            # DeiT: "hard" or "soft" distillation from `teacher`; "none" = off
     distill_alpha: float = 0.5       # soft distillation: weight of the KL term
@@ -89,6 +91,7 @@ class TrainConfig:
                   ("warmup", 0 <= self.warmup < 1, "a fraction in [0, 1)"),
                   ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
                   ("clip_grad", self.clip_grad >= 0, "a number >= 0"),
+                  ("eval_every", self.eval_every >= 1, "an integer >= 1"),
                   ("mixup", self.mixup >= 0, "a number >= 0"),
                   ("cutmix", self.cutmix >= 0, "a number >= 0")]
         for name, ok, what in checks:
@@ -425,7 +428,12 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", **{"pix_acc" if segmentation else "acc": f"{acc_sum / n_seen:.3f}"},
                             img_s=f"{n_seen / (time.perf_counter() - t0):.0f}", refresh=False)
         train_time = time.perf_counter() - t0
-        final = evaluate(model, test_set, num_classes=num_classes)
+        tested = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if tested:
+            final = evaluate(model, test_set, num_classes=num_classes)
+        else:                                            # an epoch without a test: NaN in the test columns
+            nan = float("nan")
+            final = {"loss": nan, "acc": nan, "pixel_acc": nan, "miou": nan}
         if segmentation:
             row = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "train_pixel_acc": acc_sum / n_seen,
                    "test_loss": final["loss"], "test_pixel_acc": final["pixel_acc"], "test_miou": final["miou"],
@@ -435,7 +443,7 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
                    "test_loss": final["loss"], "test_acc": final["acc"], "lr": sched.get_last_lr()[0],
                    "epoch_time_s": train_time, "images_per_s": n_seen / train_time}
         history.append(row)
-        if out is not None:
+        if out is not None and tested:
             _write_run(out, model, opt, sched, epoch, history, final, cfg)
         if segmentation:
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} pixel acc "

@@ -30,19 +30,21 @@ def plot_curves(history: list[dict]) -> Figure:
     ``test_miou`` columns) gets pixel accuracy and the test mIoU instead.
     """
     ep = [h["epoch"] for h in history]
+    tested = [h for h in history if h.get("test_loss") == h.get("test_loss")]   # not NaN: fit's eval_every
+    te = [h["epoch"] for h in tested]
     fig = Figure(figsize=(9, 3.2))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
+    ax1.plot(te, [h["test_loss"] for h in tested], "s-", label="test")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     if history and "test_miou" in history[0]:
         ax2.plot(ep, [h["train_pixel_acc"] for h in history], "o-", label="train pixel accuracy")
-        ax2.plot(ep, [h["test_pixel_acc"] for h in history], "s-", label="test pixel accuracy")
-        ax2.plot(ep, [h["test_miou"] for h in history], "^-", label="test mIoU")
+        ax2.plot(te, [h["test_pixel_acc"] for h in tested], "s-", label="test pixel accuracy")
+        ax2.plot(te, [h["test_miou"] for h in tested], "^-", label="test mIoU")
         ax2.set(xlabel="epoch", ylabel="fraction", title="pixel accuracy and mIoU")
     else:
         ax2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-        ax2.plot(ep, [h["test_acc"] for h in history], "s-", label="test")
+        ax2.plot(te, [h["test_acc"] for h in tested], "s-", label="test")
         ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)

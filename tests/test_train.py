@@ -69,8 +69,21 @@ def test_loss_falls_and_evaluate_agrees(tmp_path, test_small):
     assert ev["acc"] == pytest.approx(res["final"]["acc"])
 
 
+def test_eval_every_tests_every_kth_epoch_and_the_last(tmp_path, test_small):
+    every = run(tmp_path / "k", 5, test_small, eval_every=2)
+    h = every["history"]
+    tested = [not np.isnan(r["test_acc"]) for r in h]
+    assert tested == [False, True, False, True, True]             # epochs 2, 4 and the last, 5
+    rows = list(csv.DictReader(open(tmp_path / "k" / "metrics.csv")))
+    assert [r["test_acc"] == "nan" for r in rows] == [not t for t in tested]
+    full = run(tmp_path / "all", 5, test_small)                     # testing changes no training number
+    assert [r["train_loss"] for r in h] == [r["train_loss"] for r in full["history"]]
+    assert h[-1]["test_acc"] == full["history"][-1]["test_acc"]
+
+
 @pytest.mark.parametrize("field,value,msg", [("lr", -0.1, "lr must be"), ("batch_size", 0, "batch_size must be"),
-                                             ("augment", "rotate", "unknown augmentation")])
+                                             ("augment", "rotate", "unknown augmentation"),
+                                             ("eval_every", 0, "eval_every must be")])
 def test_bad_config_is_rejected(field, value, msg):
     cfg = TrainConfig(**{field: value})
     with pytest.raises(ValueError, match=msg):
