@@ -24,10 +24,9 @@ Chunking (128k elements = 512 KB per buffer) keeps the dozen intermediate
 passes of the polynomial in the CPU's cache instead of main memory: ~6 ms
 instead of ~25 ms for the array above, measured by ``benchmarks/bench_ops.py``.
 The chunks are independent, so they are shared out over the CPU's cores
-(:mod:`minivit._threads`); with two threads the forward pass takes ~3.8 ms.
-(Smaller chunks fit the cache better but cost more NumPy calls, and two
-threads then queue for Python's GIL between calls: 64k was best for one
-thread, 128k for two.)
+(:mod:`minivit._threads`). Smaller chunks fit the cache better but cost more
+NumPy calls, and two threads then queue for Python's GIL between calls; with
+two threads, 128k-element chunks were faster than 64k or 256k.
 """
 from __future__ import annotations
 
