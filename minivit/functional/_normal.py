@@ -18,7 +18,7 @@ layer's two matrix products together. So:
   fit to ``scipy.special.erf`` on [0, 4]; ``benchmarks/fit_erf.py`` refits them
   and prints the error. The float64 fit error is 5.5e-8; in float32 the max
   absolute error of Phi is ~2e-7 (three float32 ulps near 1), which
-  ``tests/test_nn_ops.py`` checks against scipy on a dense grid.
+  ``tests/test_functional_nn.py`` checks against scipy on a dense grid.
 
 Chunking (128k elements = 512 KB per buffer) keeps the dozen intermediate
 passes of the polynomial in the CPU's cache instead of main memory: ~6 ms
