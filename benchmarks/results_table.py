@@ -73,7 +73,8 @@ def train_size_table():
         sizes = sorted(set(sizes) | {int(r["train_images"]) for r in full.values()})
         models_ = [m for m in dict.fromkeys(r["model"] for r in rows)]
         steps = sorted({int(r["steps"]) for r in rows})
-        print(f"\nSample efficiency (`python benchmarks/compare_models.py --train-sizes "
+        epochs = base.stem.rsplit("-e", 1)[-1]
+        print(f"\nSample efficiency (`python benchmarks/compare_models.py --epochs {epochs} --train-sizes "
               f"{' '.join(str(n) for n in sizes if n != 10000)} --only vit,convit,ceit`; nested subsets of the "
               f"bundled train split, each run given the same ~{steps[0]} optimizer steps of batch 128 as the "
               f"10k run of `{base.stem}`, so the small sets are seen for more epochs; test accuracy on the "
