@@ -66,12 +66,11 @@ def train_size_table():
         rows = read(path)
         base = RES / "compare" / (path.stem[:-len("-sizes")] + ".csv")   # the same recipe on all 10k
         full = {r["model"]: r for r in read(base)} if base.is_file() else {}
-        sizes = sorted({int(r["train_images"]) for r in rows})
         by = {(r["model"], int(r["train_images"])): r for r in rows}
         for m, r in full.items():
             by.setdefault((m, int(r["train_images"])), r)
-        sizes = sorted(set(sizes) | {int(r["train_images"]) for r in full.values()})
-        models_ = [m for m in dict.fromkeys(r["model"] for r in rows)]
+        sizes = sorted({n for _, n in by})
+        models_ = list(dict.fromkeys(r["model"] for r in rows))
         steps = sorted({int(r["steps"]) for r in rows})
         epochs = base.stem.rsplit("-e", 1)[-1]
         print(f"\nSample efficiency (`python benchmarks/compare_models.py --epochs {epochs} --train-sizes "
