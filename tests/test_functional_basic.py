@@ -124,6 +124,21 @@ def test_linear(lead, fin, fout, bias):
     gradcheck(F.linear, args)
 
 
+@given(rows=st.integers(0, 70), cols=st.integers(1, 9), dtype=st.sampled_from([np.float32, np.float64]),
+       layout=st.sampled_from(["c", "f", "strided", "broadcast"]))
+@settings(max_examples=40)
+def test_sum_rows_equals_the_axis0_sum(rows, cols, dtype, layout):
+    """linear's and layer_norm's bias gradient: ``ones @ g`` is ``g.sum(0)`` for any layout."""
+    from minivit.functional._util import sum_rows
+    g = np.random.default_rng(rows * 10 + cols).standard_normal((rows, 2 * cols)).astype(dtype)
+    g = {"c": g[:, :cols], "f": np.asfortranarray(g[:, :cols]), "strided": g[:, ::2],
+         "broadcast": np.broadcast_to(g[:1, :cols], (rows, cols)) if rows else g[:, :cols]}[layout]
+    got = sum_rows(g)
+    assert got.shape == (cols,) and got.dtype == dtype
+    np.testing.assert_allclose(got, g.astype(np.float64).sum(0), rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_linear_error():
     with pytest.raises(ValueError, match="linear: input has 3 features"):
         F.linear(T(np.ones((2, 3))), T(np.ones((4, 5))))

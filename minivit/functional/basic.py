@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivit.tensor import Tensor
-from ._util import as_tensor, broadcast_shapes, norm_axes
+from ._util import as_tensor, broadcast_shapes, norm_axes, sum_rows
 
 _make = Tensor._make
 
@@ -228,7 +228,7 @@ def linear(x, weight, bias=None) -> Tensor:
     """y = x W^T + b, with W stored as (out_features, in_features) like PyTorch.
 
     x (..., in) -> y (..., out).  Backward: dx = g W, dW = g^T x (summed over
-    all leading dims, done as one 2-D matmul), db = sum of g.
+    all leading dims, done as one 2-D matmul), db = sum of g (``ones @ g``).
     """
     x = as_tensor(x)
     weight = as_tensor(weight, like=x)
@@ -251,7 +251,7 @@ def linear(x, weight, bias=None) -> Tensor:
         gw = g2.T @ x2 if weight.requires_grad else None
         if bias is None:
             return gx, gw
-        return gx, gw, (g2.sum(0) if bias.requires_grad else None)
+        return gx, gw, (sum_rows(g2) if bias.requires_grad else None)
     return _make(out, parents, backward, "linear")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from minivit.tensor import Tensor, get_rng
 from minivit._threads import parallel_for
 from . import _normal
-from ._util import as_tensor, norm_axes
+from ._util import as_tensor, norm_axes, sum_rows
 
 __all__ = ["gelu", "softmax", "log_softmax", "layer_norm", "batch_norm", "dropout", "drop_path"]
 
@@ -306,7 +306,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
         if w is not None and w.requires_grad:
             gw = np.einsum("md,md->d", g2, xhat).reshape(shape)
         if b is not None and b.requires_grad:
-            gb = g2.sum(axis=0).reshape(shape)
+            gb = sum_rows(g2).reshape(shape)
         return _grads_for((w, b), gx, gw, gb)
     return _make(out, _with_params(x, w, b), backward, "layer_norm")
 
