@@ -24,8 +24,15 @@ def run(tmp, epochs, test_small, resume=False, **kw):
 
 
 def test_run_folder_has_everything(tmp_path, test_small):
-    res = run(tmp_path / "r", 2, test_small)
+    seen = []                           # the folder's files when each epoch's log line is printed
+    cfg = TrainConfig(epochs=2, **SMALL)
+    res = fit(cfg, out_dir=tmp_path / "r", test_set=test_small, progress=False,
+              log=lambda *a: seen.append({p.name for p in (tmp_path / "r").iterdir()}))
+    # after epoch 1: checkpoint, metrics and curves; the confusion matrix is drawn for the final model only
+    assert {"config.json", "metrics.csv", "checkpoint.npz", "curves.png"} <= seen[0]
+    assert "confusion.png" not in seen[0]
     files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert files == seen[1]
     assert {"config.json", "metrics.csv", "checkpoint.npz", "curves.png", "confusion.png"} <= files
     rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
