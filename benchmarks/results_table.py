@@ -50,10 +50,8 @@ def compare_tables():
         print(f"\n\u2020`python benchmarks/bench_models.py`: one training step (forward, backward, AdamW) at batch "
               f"{r0['batch_size']} on random data, every model timed in the same run with nothing else running "
               f"({r0['cpu']}, 2 cores, NumPy {r0['numpy']}). Compare them with each other, not across machines. "
-              f"Measured at commit 679e454, before attention, layer norm and GELU ran on both cores "
-              f"(`minivit/_threads.py`); `benchmarks/bench_train.py` measured `vit_fmnist` at 500.6 ms per step "
-              f"before them and 404.0 ms after, so the \u2020 column overstates today's step time of the models that "
-              f"use those ops. The `full-e1` train times (\u2021) were measured with the threads.")
+              f"Measured at commit 847c48f, with the threaded engine (`minivit/_threads.py`); each model's "
+              f"better of two rounds (this machine's speed drifted by up to 15% between rounds).")
     print("\n\u2021Training wall time on 2 cores as the run itself measured it (the sum of its epochs, "
           "evaluation excluded). The `full-e1` runs had the machine to themselves, one after another, "
           "with the threaded engine (`minivit/_threads.py`); the `subset-e5` runs shared the machine with "
