@@ -29,12 +29,12 @@ def time_steps(step, steps):
     return ts
 
 
-def minivit_step_fn(batch):
+def minivit_step_fn(batch, model_name="vit_fmnist"):
     from minivit import functional as F, models, optim
     from minivit._allocator import tune_allocator
     tune_allocator()                 # what `fit` does too
     minivit.manual_seed(0)
-    model = models.create("vit_fmnist")
+    model = models.create(model_name)
     opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)

@@ -1,7 +1,7 @@
-"""Where does a vit_fmnist training step spend its time? Per-op forward and
-backward totals (ms per step), measured by wrapping every functional op.
+"""Where does a training step (batch 128, random data) spend its time? Per-op
+forward and backward totals (ms per step), measured by wrapping every functional op.
 
-    python benchmarks/profile_step.py [--steps 5]
+    python benchmarks/profile_step.py [--steps 5] [--model vit_fmnist]
 """
 import argparse
 import collections
@@ -45,6 +45,7 @@ def wrap_forward(name, fn):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--model", default="vit_fmnist", help="registered model name (default vit_fmnist)")
     a = p.parse_args()
     import importlib
     for mod in ("basic", "shape", "nn_ops", "loss", "attention", "conv"):
@@ -57,7 +58,7 @@ def main():
     from bench_train import minivit_step_fn
     from minivit._allocator import tune_allocator
     tune_allocator()
-    step = minivit_step_fn(128)
+    step = minivit_step_fn(128, a.model)
     step()
     fwd.clear(); bwd.clear(); calls.clear()
     t0 = time.perf_counter()

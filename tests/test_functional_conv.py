@@ -231,6 +231,40 @@ def test_conv2d_fast_paths_equal_general_path(H, C, O, k, groups, monkeypatch):
     np.testing.assert_allclose(fast[0], conv2d_loop(x, w, b, k2, (0, 0), (1, 1), groups), atol=1e-12)
 
 
+@pytest.mark.parametrize("C, k, s, p, d, bias", [
+    (4, 3, 1, 1, 1, True),          # CeiT's LeFF: 3x3, same size
+    (3, (3, 2), 2, (1, 0), 1, True),  # rectangular kernel, stride 2
+    (5, 3, 1, 2, 2, False),         # dilation, no bias
+    (2, 5, 3, 0, 1, True),          # no padding, stride 3
+])
+def test_depthwise_conv2d_equals_general_path_and_loop(C, k, s, p, d, bias, monkeypatch):
+    """groups == in == out channels takes the shifted-views path; it must equal the
+    grouped-matmul path (values and all gradients) and the loop."""
+    x, w = randn(0, 2, C, 9, 8), randn(1, C, 1, *np.broadcast_to(k, 2))
+    b = randn(2, C) if bias else None
+    assert conv_mod._is_depthwise(C, C, C)
+
+    def run(fast):
+        monkeypatch.setattr(conv_mod, "_FAST_PATHS", fast)
+        ts = [minivit.tensor(a, requires_grad=True) for a in (x, w) + ((b,) if bias else ())]
+        out = F.conv2d(ts[0], ts[1], ts[2] if bias else None, stride=s, padding=p, dilation=d, groups=C)
+        out.backward(np.cos(np.arange(out.data.size)).reshape(out.shape))
+        return [out.data] + [t.grad for t in ts]
+    fast, slow = run(True), run(False)
+    for a, r in zip(fast, slow):
+        np.testing.assert_allclose(a, r, atol=1e-12)
+    pair2 = lambda v: tuple(int(a) for a in np.broadcast_to(v, 2))  # noqa: E731
+    np.testing.assert_allclose(fast[0], conv2d_loop(x, w, b, pair2(s), pair2(p), pair2(d), C), atol=1e-12)
+    monkeypatch.setattr(conv_mod, "_FAST_PATHS", True)
+    kw = dict(stride=s, padding=p, dilation=d, groups=C)
+    if bias:
+        gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kw), [minivit.tensor(a, requires_grad=True)
+                                                          for a in (x, w, b)], max_checks=60)
+    else:
+        gradcheck(lambda x, w: F.conv2d(x, w, None, **kw), [minivit.tensor(a, requires_grad=True)
+                                                            for a in (x, w)], max_checks=60)
+
+
 # ================================================================== unfold / fold
 @settings(max_examples=25)
 @given(windows(), st.integers(1, 2), st.integers(1, 3), seeds)

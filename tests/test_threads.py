@@ -1,9 +1,10 @@
 """minivit._threads: row blocks in parallel threads give bitwise the same results.
 
-Every op that splits its rows over threads (attention, layer norm, GELU) is
-run once with one thread and once with three (uneven blocks), with the size
-threshold lowered so that even these small arrays are split, and the forward
-values and all gradients must be identical bit for bit.
+Every op that splits its rows over threads (attention, layer norm, GELU, the
+depth-wise convolution) is run once with one thread and once with three
+(uneven blocks), with the size threshold lowered so that even these small
+arrays are split, and the forward values and all gradients must be identical
+bit for bit.
 """
 import threading
 
@@ -179,3 +180,10 @@ def test_gelu_threads_bitwise(split_everything, monkeypatch):
     monkeypatch.setattr(_normal, "_CHUNK", 16)                       # 1003 elements: 63 chunks
     x = _rand(17, 59) * 3
     assert_same_bits(lambda x: F.gelu(x), [x])
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_depthwise_conv_threads_bitwise(split_everything, stride, padding, dilation):
+    x, w, b = _rand(5, 4, 9, 8), _rand(4, 1, 3, 3), _rand(4)
+    assert_same_bits(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation,
+                                              groups=4), [x, w, b])

@@ -64,7 +64,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from minivit.tensor import Tensor
-from ._util import as_tensor, pair
+from minivit._threads import parallel_for
+from ._util import as_tensor, pair, sum_rows
 
 __all__ = ["conv2d", "unfold", "fold", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "interpolate"]
@@ -190,6 +191,90 @@ def _conv_uncols(dcols: np.ndarray, g: _Geometry, C: int) -> np.ndarray:
     return _col2im(dcols.reshape(N, C, kh, kw, Ho, Wo), g)
 
 
+def _is_depthwise(C: int, O: int, groups: int) -> bool:
+    """One filter per channel: groups == in channels == out channels (CeiT's LeFF)."""
+    return _FAST_PATHS and 1 < groups == C == O
+
+
+def _depthwise_conv2d(x: Tensor, w: Tensor, bias, g: _Geometry, parents) -> Tensor:
+    """conv2d with groups == C == O, as a weighted sum of kh*kw shifted views.
+
+    The general path would do N*C matrix products of shape (1, kh*kw) x
+    (kh*kw, Ho*Wo), each too small for BLAS to pay off. Here each kernel
+    offset (ki, kj) is one vectorised pass over the whole batch::
+
+        out[n, :, i, j] = b + sum_{ki, kj} w[:, ki, kj] * xp[n, :, i*sh + ki*dh, j*sw + kj*dw]
+
+    done channels-last (N, H, W, C), so that the innermost loop of every pass
+    runs over C contiguous channels instead of a row of Wo pixels.
+    Backward, per offset: dx gets ``g * w[:, ki, kj]`` added back at the
+    pixels it was read from (what lands on the padding is dropped), and
+    ``dw[:, ki, kj] = sum over n, i, j of g * xp`` (one gemv, as the bias
+    gradient of ``linear``). Images are independent, so the passes over the
+    batch are split over the CPU's cores (:mod:`minivit._threads`); the
+    offsets are always summed in the same order, so the result does not
+    depend on the number of threads.
+    """
+    X, Wd = x.data, w.data
+    N, C, H, W = X.shape
+    (kh, kw), (Ho, Wo) = g.kernel, g.out_size
+    (ph, pw), (sh, sw), (dh, dw) = g.padding, g.stride, g.dilation
+    dt = X.dtype
+    xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=dt)          # padded, channels last
+    offsets = [(ki, kj, ki * dh, kj * dw) for ki in range(kh) for kj in range(kw)]
+
+    def shifted(a, r, c):                 # the pixels offset (r, c) reads, (n, Ho, Wo, C)
+        return a[:, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw]
+
+    def forward_rows(sl):
+        xs = xp[sl]
+        xs[:, ph:ph + H, pw:pw + W] = X[sl].transpose(0, 2, 3, 1)
+        o = out_t[sl]
+        tmp = np.empty(o.shape, dtype=dt)
+        for n_off, (ki, kj, r, c) in enumerate(offsets):
+            np.multiply(shifted(xs, r, c), Wd[:, 0, ki, kj], out=o if n_off == 0 else tmp)
+            if n_off:
+                o += tmp
+        if bias is not None:
+            o += bias.data
+        out[sl] = o.transpose(0, 3, 1, 2)
+
+    out_t = np.empty((N, Ho, Wo, C), dtype=dt)
+    out = np.empty((N, C, Ho, Wo), dtype=dt)
+    parallel_for(forward_rows, N, work=out.size * kh * kw)
+
+    def backward(grad):
+        gt = np.empty((N, Ho, Wo, C), dtype=dt)
+        dxp = np.zeros(xp.shape, dtype=dt) if x.requires_grad else None
+        gx = np.empty(X.shape, dtype=dt) if x.requires_grad else None
+
+        def backward_rows(sl):
+            gs = gt[sl]
+            gs[...] = grad[sl].transpose(0, 2, 3, 1)
+            if dxp is None:
+                return
+            d = dxp[sl]
+            tmp = np.empty(gs.shape, dtype=dt)
+            for ki, kj, r, c in offsets:
+                np.multiply(gs, Wd[:, 0, ki, kj], out=tmp)
+                shifted(d, r, c)[...] += tmp
+            gx[sl] = d[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
+
+        parallel_for(backward_rows, N, work=grad.size * kh * kw)
+        gw = None
+        if w.requires_grad:
+            gw = np.empty((C, kh, kw), dtype=dt)
+            tmp = np.empty(gt.shape, dtype=dt)
+            for ki, kj, r, c in offsets:
+                np.multiply(gt, shifted(xp, r, c), out=tmp)
+                gw[:, ki, kj] = sum_rows(tmp.reshape(-1, C))
+            gw = gw.reshape(Wd.shape)
+        if bias is None:
+            return gx, gw
+        return gx, gw, (sum_rows(gt.reshape(-1, C)) if bias.requires_grad else None)
+    return _make(out, parents, backward, "conv2d")
+
+
 # ------------------------------------------------------------------ convolution
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
     """2-D convolution (cross-correlation, like PyTorch), zero padding.
@@ -212,7 +297,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
 
     Fast paths: kernel == stride without padding (ViT's patch embedding) cuts
     the image into patches with one reshape, and its backward is the reverse
-    reshape (no overlaps to sum); a 1x1 stride-1 conv needs no copy at all.
+    reshape (no overlaps to sum); a 1x1 stride-1 conv needs no copy at all; a
+    depth-wise conv (groups == in == out channels) is a weighted sum of
+    shifted views (:func:`_depthwise_conv2d`).
     """
     x = as_tensor(input)
     _check_image("conv2d", x)
@@ -244,6 +331,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
                              f"got {tuple(bias.shape)}")
         parents = (x, w, bias)
     g = _geometry("conv2d", (H, W), (kh, kw), stride, padding, dilation)
+    if _is_depthwise(C, O, groups):
+        return _depthwise_conv2d(x, w, bias, g, parents)
     Ho, Wo = g.out_size
     L, K, Og = Ho * Wo, Cg * kh * kw, O // groups
 
