@@ -344,6 +344,26 @@ def test_max_pool2d_gradcheck(win, N, C, seed):
     gradcheck(lambda x: F.max_pool2d(x, k, s, p, d), [distinct(seed, N, C, *hw)], max_checks=60)
 
 
+@pytest.mark.parametrize("k, s, p, d", [(3, 2, 1, 1), (2, 2, 0, 1), ((3, 2), (1, 2), (1, 0), 1), (3, 1, 1, 2)])
+def test_max_pool2d_fast_path_equals_general_path(k, s, p, d, monkeypatch):
+    """The running maximum over shifted views equals argmax over the im2col view,
+    values and gradients, with many ties (0/1 inputs)."""
+    x = np.random.default_rng(1).integers(0, 2, size=(2, 3, 9, 8)).astype(np.float64)
+    g = None
+
+    def run(fast):
+        nonlocal g
+        monkeypatch.setattr(conv_mod, "_FAST_PATHS", fast)
+        xt = minivit.tensor(x, requires_grad=True)
+        out = F.max_pool2d(xt, k, s, p, d)
+        g = np.cos(np.arange(out.data.size)).reshape(out.shape) if g is None else g
+        out.backward(g)
+        return out.data, xt.grad
+    fast, slow = run(True), run(False)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-12)
+
+
 def test_max_pool2d_ties_send_gradient_to_the_first_max():
     """PyTorch's rule: the first maximum in row-major window order wins."""
     rng = np.random.default_rng(0)

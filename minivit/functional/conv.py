@@ -416,16 +416,60 @@ def _pool_geometry(op, x, kernel_size, stride, padding, dilation=1) -> _Geometry
     return g
 
 
+def _max_pool2d_offsets(x: Tensor, g: _Geometry) -> Tensor:
+    """max_pool2d as a running maximum over the kh*kw shifted views (channels last).
+
+    The general path takes ``argmax`` over a strided (N, C, kh*kw, Ho, Wo)
+    window view, whose innermost loops run over a handful of pixels. Here
+    each kernel offset is one ``np.maximum`` pass over the whole batch, with
+    the channels innermost. Backward: the offsets are visited in row-major
+    window order, and each output's gradient goes to the first offset whose
+    value equals the maximum (PyTorch's rule for ties).
+    """
+    X = x.data
+    N, C, H, W = X.shape
+    (kh, kw), (Ho, Wo) = g.kernel, g.out_size
+    (ph, pw), (sh, sw), (dh, dw) = g.padding, g.stride, g.dilation
+    xp = np.full((N, H + 2 * ph, W + 2 * pw, C), -np.inf, dtype=X.dtype)
+    xp[:, ph:ph + H, pw:pw + W] = X.transpose(0, 2, 3, 1)
+    offsets = [(ki * dh, kj * dw) for ki in range(kh) for kj in range(kw)]
+
+    def shifted(a, r, c):                 # the pixels offset (r, c) reads, (N, Ho, Wo, C)
+        return a[:, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw]
+
+    best = shifted(xp, *offsets[0]).copy()
+    for r, c in offsets[1:]:
+        np.maximum(best, shifted(xp, r, c), out=best)
+    out = np.ascontiguousarray(best.transpose(0, 3, 1, 2))
+
+    def backward(grad):
+        gt = np.ascontiguousarray(grad.transpose(0, 2, 3, 1))
+        dxp = np.zeros(xp.shape, dtype=gt.dtype)
+        taken = np.zeros(best.shape, dtype=bool)        # outputs whose maximum was already found
+        first = np.empty(best.shape, dtype=bool)
+        tmp = np.empty(gt.shape, dtype=gt.dtype)
+        for r, c in offsets:
+            np.equal(shifted(xp, r, c), best, out=first)
+            np.greater(first, taken, out=first)         # equal to the max, and no earlier offset was
+            taken |= first
+            np.multiply(gt, first, out=tmp)
+            shifted(dxp, r, c)[...] += tmp
+        return (np.ascontiguousarray(dxp[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)),)
+    return _make(out, (x,), backward, "max_pool2d")
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
     """Max over each window; stride defaults to kernel_size; padding is -inf.
 
     input (N, C, H, W) -> (N, C, Ho, Wo),  ``out[n,c,i,j] = max_{ki,kj} xp[n,c,i*s+ki*d, j*s+kj*d]``.
 
     Backward: the whole gradient goes to the position of the maximum; on ties
-    to the first one in row-major window order, as PyTorch does. It is
-    scattered into a (N, C, kh*kw, Ho, Wo) array and summed back with col2im
-    (overlapping windows can pick the same pixel). ``ceil_mode`` is not
-    implemented.
+    to the first one in row-major window order, as PyTorch does. The fast
+    path (:func:`_max_pool2d_offsets`) keeps a running maximum over the
+    kh*kw shifted views; the general one takes argmax over the im2col view,
+    scatters the gradient into a (N, C, kh*kw, Ho, Wo) array and sums it back
+    with col2im (overlapping windows can pick the same pixel). ``ceil_mode``
+    is not implemented.
     """
     x = as_tensor(input)
     _check_image("max_pool2d", x)
@@ -434,6 +478,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     g = _pool_geometry("max_pool2d", x, kernel_size, stride, padding, dilation)
     N, C = x.shape[:2]
     (kh, kw), (Ho, Wo) = g.kernel, g.out_size
+    if _FAST_PATHS:
+        return _max_pool2d_offsets(x, g)
     win = _im2col(x.data, g, pad_value=-np.inf).reshape(N, C, kh * kw, Ho, Wo)
     arg = win.argmax(axis=2)[:, :, None]                           # (N, C, 1, Ho, Wo), first max
     out = np.take_along_axis(win, arg, axis=2)[:, :, 0]
