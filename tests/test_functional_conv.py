@@ -364,6 +364,25 @@ def test_max_pool2d_fast_path_equals_general_path(k, s, p, d, monkeypatch):
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12)
 
 
+@pytest.mark.parametrize("k, hw, div", [(2, (8, 8), None), (2, (9, 7), None), ((2, 3), (8, 9), None),
+                                       (3, (9, 9), 5)])
+def test_avg_pool2d_tiles_equal_general_path(k, hw, div, monkeypatch):
+    """kernel == stride without padding (SASA's AvgPool2d(2)) takes the tiles path; it must
+    equal the im2col path, values and gradients, also when the windows leave rows/cols out."""
+    x = randn(3, 2, 3, *hw)
+
+    def run(fast):
+        monkeypatch.setattr(conv_mod, "_FAST_PATHS", fast)
+        xt = minivit.tensor(x, requires_grad=True)
+        out = F.avg_pool2d(xt, k, divisor_override=div)
+        out.backward(np.cos(np.arange(out.data.size)).reshape(out.shape))
+        return out.data, xt.grad
+    fast, slow = run(True), run(False)
+    for a, r in zip(fast, slow):
+        assert a.shape == r.shape
+        np.testing.assert_allclose(a, r, atol=1e-12)
+
+
 def test_max_pool2d_ties_send_gradient_to_the_first_max():
     """PyTorch's rule: the first maximum in row-major window order wins."""
     rng = np.random.default_rng(0)
