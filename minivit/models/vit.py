@@ -123,16 +123,23 @@ class VisionTransformer(nn.Module):
     ``(logits, [attn_1, ..., attn_L])``, each attention map (B, heads, T, T).
     An image of another size than ``img_size`` (divisible by the patch size)
     works: the position embedding is resized to the new grid.
+    ``global_pool="avg"`` (timm's option) classifies the mean of the patch
+    tokens instead of the class token, with the last LayerNorm after the
+    pooling (``fc_norm``, timm's name) instead of on every token (``norm``).
     """
 
     num_prefix_tokens = 1
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
-                 attn_drop_rate=0.0, drop_path_rate=0.0):
+                 attn_drop_rate=0.0, drop_path_rate=0.0, global_pool="token"):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' (the class token) or 'avg' (the mean of the "
+                             f"patch tokens), got {global_pool!r}")
+        self.global_pool = global_pool
         for name, v in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
                         ("drop_path_rate", drop_path_rate)):
             if not 0 <= v < 1:
@@ -147,7 +154,11 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop=drop_rate,
                   attn_drop=attn_drop_rate, drop_path=float(dpr[i])) for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # timm's layout: with the class token the last LayerNorm acts on every token (norm);
+        # with average pooling it acts on the pooled vector (fc_norm) and norm is an identity
+        avg = global_pool == "avg"
+        self.norm = nn.Identity() if avg else nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if avg else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
@@ -181,6 +192,10 @@ class VisionTransformer(nn.Module):
         return (x, attns) if return_attention else x
 
     def forward_head(self, x):
+        """Tokens (B, 1+N, D) -> logits: the class token's, or (``global_pool="avg"``)
+        the mean of the patch tokens, then fc_norm."""
+        if self.global_pool == "avg":
+            return self.head(self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1)))
         return self.head(x[:, 0])                                    # class token -> logits
 
     def forward(self, x, return_attention=False):

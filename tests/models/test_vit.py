@@ -52,6 +52,27 @@ def test_gradcheck_tiny_vit():
                       max_checks=8, atol=1e-6, rtol=1e-4)
 
 
+def test_global_average_pooling_head():
+    """global_pool="avg" (timm's option): the head reads the mean of the patch tokens after
+    fc_norm; the class token stays in the sequence but not in the head."""
+    m = tiny(global_pool="avg").to(np.float64)
+    keys = set(m.state_dict())
+    assert {"fc_norm.weight", "fc_norm.bias", "cls_token"} <= keys and "norm.weight" not in keys
+    assert m.num_params() == tiny().num_params()                 # norm moved to fc_norm
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8))
+    tokens = m.forward_features(minivit.tensor(x)).data          # (3, 1+4, 8), no final norm here
+    pooled = np.stack([sum(tokens[b, t] for t in range(1, 5)) / 4 for b in range(3)])   # a slow mean
+    mu, var = pooled.mean(-1, keepdims=True), pooled.var(-1, keepdims=True)
+    sd = m.state_dict()
+    z = (pooled - mu) / np.sqrt(var + 1e-6) * sd["fc_norm.weight"] + sd["fc_norm.bias"]
+    np.testing.assert_allclose(m(minivit.tensor(x)).data, z @ sd["head.weight"].T + sd["head.bias"], atol=1e-12)
+    params = list(m.parameters())
+    minivit.gradcheck(lambda a: m(a), [minivit.tensor(x[:2], requires_grad=True)], params=params,
+                      max_checks=8, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="global_pool must be 'token'.*got 'max'"):
+        tiny(global_pool="max")
+
+
 def test_loss_falls_on_a_fixed_batch(train_steps):
     m = tiny(num_classes=4)
     rng = np.random.default_rng(0)

@@ -18,13 +18,14 @@ from minivit.convert import load_timm  # noqa: E402  (the key map: minivit/conve
 @pytest.mark.parametrize("mode", ["eval", "train"])   # train mode: dropout and drop-path are 0 in these configs
 @pytest.mark.parametrize("name,kwargs,shape", [
     ("vit_fmnist", {}, (2, 1, 28, 28)),
+    ("vit_fmnist", {"global_pool": "avg"}, (2, 1, 28, 28)),
     ("vit_tiny_patch16_224", {"depth": 2}, (1, 3, 224, 224)),
 ])
 def test_vit_matches_timm(name, kwargs, shape, mode):
     torch.manual_seed(0)
     if name == "vit_fmnist":
         tm = timm.models.VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64,
-                                           depth=6, num_heads=4, mlp_ratio=2.0)
+                                           depth=6, num_heads=4, mlp_ratio=2.0, **kwargs)
     else:
         tm = timm.create_model(name, pretrained=False, **kwargs)
     tm = tm.double().train(mode == "train")
