@@ -1,10 +1,10 @@
 """minivit._threads: row blocks in parallel threads give bitwise the same results.
 
-Every op that splits its rows over threads (attention, layer norm, GELU, the
-depth-wise convolution) is run once with one thread and once with three
-(uneven blocks), with the size threshold lowered so that even these small
-arrays are split, and the forward values and all gradients must be identical
-bit for bit.
+Every op that splits its rows over threads (attention, SASA's local attention,
+layer norm, GELU, the depth-wise convolution) is run once with one thread and
+once with three (uneven blocks), with the size threshold lowered so that even
+these small arrays are split, and the forward values and all gradients must be
+identical bit for bit.
 """
 import threading
 
@@ -187,3 +187,11 @@ def test_depthwise_conv_threads_bitwise(split_everything, stride, padding, dilat
     x, w, b = _rand(5, 4, 9, 8), _rand(4, 1, 3, 3), _rand(4)
     assert_same_bits(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation,
                                               groups=4), [x, w, b])
+
+
+def test_sasa_local_attention_threads_bitwise(split_everything):
+    from minivit.models.sasa import local_attention2d
+    q, k, v = (_rand(2, 6, 5, 4) for _ in range(3))                 # 3 heads of 2 channels
+    rel = _rand(6, 3, 3)
+    assert_same_bits(lambda q, k, v, r: local_attention2d(q, k, v, 3, 3, r), [q, k, v, rel])
+    assert_same_bits(lambda q, k, v: local_attention2d(q, k, v, 3, 3), [q, k, v])

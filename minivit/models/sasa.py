@@ -65,6 +65,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from minivit import functional as F
 from minivit import init, nn
+from minivit._threads import parallel_for
 from minivit.models import register_model
 from minivit.tensor import Tensor
 
@@ -165,23 +166,30 @@ def local_attention2d(q, k, v, kernel_size: int, num_heads: int, rel=None, *,
     Q = to_heads(q.data)                                            # q_ij      (N, d, H, W, B)
     Kw = _windows(np.pad(to_heads(k.data), pad), ks)                # k_ab      (N, d, k, k, H, W, B)
     Vw = _windows(np.pad(to_heads(v.data), pad), ks)                # v_ab      (N, d, k, k, H, W, B)
-
-    S = np.einsum("ndijb,ndxyijb->nxyijb", Q, Kw)                   # q_ij . k_ab   (N, k, k, H, W, B)
-    if rel is not None:
-        R = rel.data.reshape(nh, d, k2)                             # r per head    (N, d, k*k)
-        S += np.einsum("ndo,ndm->nom", R, Q.reshape(nh, d, M)).reshape(S.shape)   # + q_ij . r
+    R = rel.data.reshape(nh, d, k2) if rel is not None else None    # r per head    (N, d, k*k)
     outside = ~neighbourhood_mask(H, W, ks)[..., None]              # (k, k, H, W, 1)
-    np.copyto(S, -np.inf, where=outside)                            # not in the image: excluded
-    S -= S.max(axis=(1, 2), keepdims=True)                          # softmax over ab (the centre
-    np.exp(S, out=S)                                                # pixel is always inside, so
-    S /= S.sum(axis=(1, 2), keepdims=True)                          # no row is empty)
-    P = S                                                           # (N, k, k, H, W, B)
-    y = np.einsum("nxyijb,ndxyijb->ndijb", P, Vw)                   # sum_ab P v_ab (N, d, H, W, B)
+    P = np.empty((nh, ks, ks, H, W, B), dt)                         # (N, k, k, H, W, B)
+    y = np.empty_like(Q)
 
-    def scatter(w, u):
+    # The heads are independent, so each thread takes a block of heads (minivit._threads):
+    # the same NumPy calls on fewer heads, bitwise the same result for any thread count.
+    def forward_heads(h):
+        S = P[h]
+        np.einsum("ndijb,ndxyijb->nxyijb", Q[h], Kw[h], out=S)      # q_ij . k_ab
+        if R is not None:
+            S += np.einsum("ndo,ndm->nom", R[h], Q[h].reshape(-1, d, M)).reshape(S.shape)   # + q_ij . r
+        np.copyto(S, -np.inf, where=outside)                        # not in the image: excluded
+        S -= S.max(axis=(1, 2), keepdims=True)                      # softmax over ab (the centre
+        np.exp(S, out=S)                                            # pixel is always inside, so
+        S /= S.sum(axis=(1, 2), keepdims=True)                      # no row is empty)
+        np.einsum("nxyijb,ndxyijb->ndijb", S, Vw[h], out=y[h])      # sum_ab P v_ab (N, d, H, W, B)
+
+    parallel_for(forward_heads, nh, work=P.size * d)
+
+    def scatter(w, u, buf):
         """Adjoint of the window view: sum_{xy} of w[:, x, y] * u added at the
-        pixels (i + x, j + y) of a padded buffer, then cropped: (N, d, H, W, B)."""
-        buf = np.zeros((nh, d, H + 2 * p, W + 2 * p, B), dt)
+        pixels (i + x, j + y) of the padded buffer ``buf``, then cropped."""
+        buf[...] = 0
         tmp = np.empty_like(u)
         for x in range(ks):                                         # a loop over the k*k offsets,
             for yy in range(ks):                                    # not over pixels
@@ -191,22 +199,34 @@ def local_attention2d(q, k, v, kernel_size: int, num_heads: int, rel=None, *,
 
     def backward(g):
         G = to_heads(g)                                             # dL/dy (N, d, H, W, B)
-        dq = dk = dv = dr = None
-        if v.requires_grad:
-            dv = from_heads(scatter(P, G))                          # dv_ab = sum_ij P g_ij
-        dS = np.einsum("ndijb,ndxyijb->nxyijb", G, Vw)              # dP = g_ij . v_ab
-        dS -= np.einsum("nxyijb,nxyijb->nijb", dS, P)[:, None, None]
-        dS *= P                                                     # dS = P (dP - sum P dP)
-        if q.requires_grad:
-            dQ = np.einsum("nxyijb,ndxyijb->ndijb", dS, Kw)         # sum_ab dS k_ab
-            if rel is not None:
-                dQ += np.einsum("ndo,nom->ndm", R, dS.reshape(nh, k2, M)).reshape(dQ.shape)  # + sum_ab dS r
-            dq = from_heads(dQ)
-        if k.requires_grad:
-            dk = from_heads(scatter(dS, Q))                         # dk_ab = sum_ij dS q_ij
-        if rel is not None and rel.requires_grad:
-            dR = np.einsum("ndm,nom->ndo", Q.reshape(nh, d, M), dS.reshape(nh, k2, M))
-            dr = dR.reshape(C, ks, ks)                              # sum_{ij,b} dS q_ij
+        padded = (nh, d, H + 2 * p, W + 2 * p, B)
+        dV = np.empty(padded, dt) if v.requires_grad else None
+        dK = np.empty(padded, dt) if k.requires_grad else None
+        dQ = np.empty_like(Q) if q.requires_grad else None
+        dR = np.empty((nh, d, k2), dt) if rel is not None and rel.requires_grad else None
+
+        def backward_heads(h):
+            Ph = P[h]
+            if dV is not None:
+                scatter(Ph, G[h], dV[h])                            # dv_ab = sum_ij P g_ij
+            dS = np.einsum("ndijb,ndxyijb->nxyijb", G[h], Vw[h])    # dP = g_ij . v_ab
+            dS -= np.einsum("nxyijb,nxyijb->nijb", dS, Ph)[:, None, None]
+            dS *= Ph                                                # dS = P (dP - sum P dP)
+            if dQ is not None:
+                np.einsum("nxyijb,ndxyijb->ndijb", dS, Kw[h], out=dQ[h])   # sum_ab dS k_ab
+                if R is not None:                                   # + sum_ab dS r
+                    dQ[h] += np.einsum("ndo,nom->ndm", R[h], dS.reshape(-1, k2, M)).reshape(dQ[h].shape)
+            if dK is not None:
+                scatter(dS, Q[h], dK[h])                            # dk_ab = sum_ij dS q_ij
+            if dR is not None:                                      # sum_{ij,b} dS q_ij
+                dR[h] = np.einsum("ndm,nom->ndo", Q[h].reshape(-1, d, M), dS.reshape(-1, k2, M))
+
+        parallel_for(backward_heads, nh, work=P.size * d)
+        crop = (slice(None), slice(None), slice(p, p + H), slice(p, p + W))
+        dq = from_heads(dQ) if dQ is not None else None
+        dk = from_heads(dK[crop]) if dK is not None else None
+        dv = from_heads(dV[crop]) if dV is not None else None
+        dr = dR.reshape(C, ks, ks) if dR is not None else None
         return (dq, dk, dv) if rel is None else (dq, dk, dv, dr)
 
     parents = (q, k, v) if rel is None else (q, k, v, rel)
