@@ -191,6 +191,13 @@ def _conv_uncols(dcols: np.ndarray, g: _Geometry, C: int) -> np.ndarray:
     return _col2im(dcols.reshape(N, C, kh, kw, Ho, Wo), g)
 
 
+def _shifted(a: np.ndarray, r: int, c: int, g: _Geometry) -> np.ndarray:
+    """The pixels that kernel offset (r, c) reads for every output pixel, from a
+    padded channels-last array (N, Hp, Wp, C): a (N, Ho, Wo, C) strided view."""
+    (sh, sw), (Ho, Wo) = g.stride, g.out_size
+    return a[:, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw]
+
+
 def _is_depthwise(C: int, O: int, groups: int) -> bool:
     """One filter per channel: groups == in channels == out channels (CeiT's LeFF)."""
     return _FAST_PATHS and 1 < groups == C == O
@@ -218,13 +225,10 @@ def _depthwise_conv2d(x: Tensor, w: Tensor, bias, g: _Geometry, parents) -> Tens
     X, Wd = x.data, w.data
     N, C, H, W = X.shape
     (kh, kw), (Ho, Wo) = g.kernel, g.out_size
-    (ph, pw), (sh, sw), (dh, dw) = g.padding, g.stride, g.dilation
+    (ph, pw), (dh, dw) = g.padding, g.dilation
     dt = X.dtype
     xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=dt)          # padded, channels last
     offsets = [(ki, kj, ki * dh, kj * dw) for ki in range(kh) for kj in range(kw)]
-
-    def shifted(a, r, c):                 # the pixels offset (r, c) reads, (n, Ho, Wo, C)
-        return a[:, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw]
 
     def forward_rows(sl):
         xs = xp[sl]
@@ -232,7 +236,7 @@ def _depthwise_conv2d(x: Tensor, w: Tensor, bias, g: _Geometry, parents) -> Tens
         o = out_t[sl]
         tmp = np.empty(o.shape, dtype=dt)
         for n_off, (ki, kj, r, c) in enumerate(offsets):
-            np.multiply(shifted(xs, r, c), Wd[:, 0, ki, kj], out=o if n_off == 0 else tmp)
+            np.multiply(_shifted(xs, r, c, g), Wd[:, 0, ki, kj], out=o if n_off == 0 else tmp)
             if n_off:
                 o += tmp
         if bias is not None:
@@ -257,7 +261,7 @@ def _depthwise_conv2d(x: Tensor, w: Tensor, bias, g: _Geometry, parents) -> Tens
             tmp = np.empty(gs.shape, dtype=dt)
             for ki, kj, r, c in offsets:
                 np.multiply(gs, Wd[:, 0, ki, kj], out=tmp)
-                shifted(d, r, c)[...] += tmp
+                _shifted(d, r, c, g)[...] += tmp
             gx[sl] = d[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
 
         parallel_for(backward_rows, N, work=grad.size * kh * kw)
@@ -266,7 +270,7 @@ def _depthwise_conv2d(x: Tensor, w: Tensor, bias, g: _Geometry, parents) -> Tens
             gw = np.empty((C, kh, kw), dtype=dt)
             tmp = np.empty(gt.shape, dtype=dt)
             for ki, kj, r, c in offsets:
-                np.multiply(gt, shifted(xp, r, c), out=tmp)
+                np.multiply(gt, _shifted(xp, r, c, g), out=tmp)
                 gw[:, ki, kj] = sum_rows(tmp.reshape(-1, C))
             gw = gw.reshape(Wd.shape)
         if bias is None:
@@ -428,18 +432,15 @@ def _max_pool2d_offsets(x: Tensor, g: _Geometry) -> Tensor:
     """
     X = x.data
     N, C, H, W = X.shape
-    (kh, kw), (Ho, Wo) = g.kernel, g.out_size
-    (ph, pw), (sh, sw), (dh, dw) = g.padding, g.stride, g.dilation
+    kh, kw = g.kernel
+    (ph, pw), (dh, dw) = g.padding, g.dilation
     xp = np.full((N, H + 2 * ph, W + 2 * pw, C), -np.inf, dtype=X.dtype)
     xp[:, ph:ph + H, pw:pw + W] = X.transpose(0, 2, 3, 1)
     offsets = [(ki * dh, kj * dw) for ki in range(kh) for kj in range(kw)]
 
-    def shifted(a, r, c):                 # the pixels offset (r, c) reads, (N, Ho, Wo, C)
-        return a[:, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw]
-
-    best = shifted(xp, *offsets[0]).copy()
+    best = _shifted(xp, *offsets[0], g).copy()
     for r, c in offsets[1:]:
-        np.maximum(best, shifted(xp, r, c), out=best)
+        np.maximum(best, _shifted(xp, r, c, g), out=best)
     out = np.ascontiguousarray(best.transpose(0, 3, 1, 2))
 
     def backward(grad):
@@ -449,11 +450,11 @@ def _max_pool2d_offsets(x: Tensor, g: _Geometry) -> Tensor:
         first = np.empty(best.shape, dtype=bool)
         tmp = np.empty(gt.shape, dtype=gt.dtype)
         for r, c in offsets:
-            np.equal(shifted(xp, r, c), best, out=first)
+            np.equal(_shifted(xp, r, c, g), best, out=first)
             np.greater(first, taken, out=first)         # equal to the max, and no earlier offset was
             taken |= first
             np.multiply(gt, first, out=tmp)
-            shifted(dxp, r, c)[...] += tmp
+            _shifted(dxp, r, c, g)[...] += tmp
         return (np.ascontiguousarray(dxp[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)),)
     return _make(out, (x,), backward, "max_pool2d")
 
