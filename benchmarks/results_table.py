@@ -50,7 +50,7 @@ def compare_tables():
         print(f"\n\u2020`python benchmarks/bench_models.py`: one training step (forward, backward, AdamW) at batch "
               f"{r0['batch_size']} on random data, every model timed in the same run with nothing else running "
               f"({r0['cpu']}, 2 cores, NumPy {r0['numpy']}). Compare them with each other, not across machines. "
-              f"Measured at commit 847c48f, with the threaded engine (`minivit/_threads.py`); each model's "
+              f"Measured at commit c11004f, with the threaded engine (`minivit/_threads.py`); each model's "
               f"better of two rounds (this machine's speed drifted by up to 15% between rounds).")
     print("\n\u2021Training wall time on 2 cores as the run itself measured it (the sum of its epochs, "
           "evaluation excluded). The `full-e1` runs had the machine to themselves, one after another, "
