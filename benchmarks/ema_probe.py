@@ -21,13 +21,14 @@ seed = int(sys.argv[1])
 extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 decays = [0.99, 0.995, 0.998, 0.999]
 shadows = {}
+ps = []                                   # the trained parameters, in the order of the shadows
 Base = optim.AdamW
 
 class EmaAdamW(Base):
     def step(self):
         super().step()
-        ps = [p for g in self.param_groups for p in g["params"]]
         if not shadows:
+            ps.extend(p for g in self.param_groups for p in g["params"])
             for d in decays:
                 shadows[d] = [p.data.copy() for p in ps]
         for d in decays:
@@ -42,11 +43,6 @@ res = fit(cfg, progress=False, log=print)
 print("fit wall", time.perf_counter() - t0)
 model = res["model"]
 test = load_fashion_mnist(split="test")
-# the parameters in the optimizer's order (the order of the shadows)
-from minivit.optim import param_groups_weight_decay
-skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-groups = param_groups_weight_decay(model, cfg.weight_decay, skip)
-ps = [p for g in groups for p in g["params"]]
 raw = [p.data.copy() for p in ps]
 out = {"seed": seed, "extra": extra, "raw": res["final"]["acc"]}
 for d in decays:

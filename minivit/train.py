@@ -55,8 +55,8 @@ __all__ = ["TrainConfig", "fit", "evaluate", "build_transform", "cross_entropy_c
 # batch 64 beat batch 128 and 32, and lr 3e-3 without label smoothing beat lr 2e-3 with it; with
 # 8 epochs, lr 4e-3 reached 0.828 and lr 3e-3 0.826 (348 and 339 s on the slow 2-core machine of
 # session 3). Seven runs of it (seeds, code versions) ended between 0.8255 and 0.8435, mean 0.831
-# (benchmarks/recipe_probe.py; 10 epochs,
-# flip, smoothing, beta2 0.98, EMA and average pooling were no better: README, "Set up and run").
+# (benchmarks/recipe_probe.py); 10 epochs, flip, smoothing, beta2 0.98, EMA and average pooling
+# were no better (README, "Set up and run").
 # TrainConfig's own defaults stay PAPERS.md's reference recipe (batch 128, lr 2e-3, smoothing 0.1).
 CLI_DEFAULTS = {"epochs": 8, "batch_size": 64, "lr": 4e-3, "label_smoothing": 0.0}
 

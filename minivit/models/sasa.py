@@ -187,21 +187,19 @@ def local_attention2d(q, k, v, kernel_size: int, num_heads: int, rel=None, *,
     parallel_for(forward_heads, nh, work=P.size * d)
 
     def scatter(w, u, buf):
-        """Adjoint of the window view: sum_{xy} of w[:, x, y] * u added at the
-        pixels (i + x, j + y) of the padded buffer ``buf``, then cropped."""
-        buf[...] = 0
+        """Adjoint of the window view: add sum_{xy} of w[:, x, y] * u at the pixels
+        (i + x, j + y) of the zeroed padded buffer ``buf`` (cropped by the caller)."""
         tmp = np.empty_like(u)
         for x in range(ks):                                         # a loop over the k*k offsets,
             for yy in range(ks):                                    # not over pixels
                 np.multiply(w[:, None, x, yy], u, out=tmp)
                 buf[:, :, x:x + H, yy:yy + W] += tmp
-        return buf[:, :, p:p + H, p:p + W]
 
     def backward(g):
         G = to_heads(g)                                             # dL/dy (N, d, H, W, B)
         padded = (nh, d, H + 2 * p, W + 2 * p, B)
-        dV = np.empty(padded, dt) if v.requires_grad else None
-        dK = np.empty(padded, dt) if k.requires_grad else None
+        dV = np.zeros(padded, dt) if v.requires_grad else None
+        dK = np.zeros(padded, dt) if k.requires_grad else None
         dQ = np.empty_like(Q) if q.requires_grad else None
         dR = np.empty((nh, d, k2), dt) if rel is not None and rel.requires_grad else None
 
