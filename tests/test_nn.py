@@ -567,3 +567,47 @@ def test_deepcopy_gives_an_independent_model():
     init.ones_(c.cls_token)
     assert not np.any(m.cls_token.data == 1)
     assert list(c.state_dict()) == list(m.state_dict())
+
+
+# ---------------------------------------------------------------- PatchDropout
+def _patch_dropout_loop(x, prob, prefix, seed):
+    """Slow oracle: redraw the layer's uniforms, keep each sample's prefix rows,
+    then its `keep` patch rows with the smallest draws, smallest first."""
+    B, T, _ = x.shape
+    keep = max(1, int((T - prefix) * (1 - prob)))
+    u = minivit.manual_seed(seed).random((B, T - prefix), dtype=np.float32)
+    out = []
+    for b in range(B):
+        chosen = sorted(range(T - prefix), key=lambda i: (u[b, i], i))[:keep]
+        out.append(np.concatenate([x[b, :prefix], x[b, [prefix + i for i in chosen]]]))
+    return np.stack(out)
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(1, 4), T=st.integers(2, 9), prob=st.sampled_from([0.1, 0.25, 0.5, 0.9]),
+       prefix=st.integers(0, 1), seed=st.integers(0, 2**16))
+def test_patch_dropout_keeps_random_rows_like_a_loop_and_gradchecks(B, T, prob, prefix, seed):
+    x = randn(B, T, 3, dtype=np.float64, seed=seed)
+    layer = nn.PatchDropout(prob, num_prefix_tokens=prefix)
+    minivit.manual_seed(seed)
+    y = layer(x).data
+    keep = max(1, int((T - prefix) * (1 - prob)))
+    assert y.shape == (B, prefix + keep, 3)
+    np.testing.assert_array_equal(y, _patch_dropout_loop(x.data, prob, prefix, seed))
+    for b in range(B):                       # distinct rows of the sample's own patches
+        rows = [int(np.flatnonzero((x.data[b] == r).all(1))[0]) for r in y[b, prefix:]]
+        assert len(set(rows)) == keep and min(rows, default=prefix) >= prefix
+    gradcheck_layer(layer, x, seed_each_call=seed)
+
+
+def test_patch_dropout_is_the_identity_in_eval_and_at_zero_and_checks_its_args():
+    x = randn(2, 5, 4)
+    layer = nn.PatchDropout(0.5)
+    assert layer.eval()(x) is x
+    assert nn.PatchDropout(0.0)(x) is x
+    assert layer.train()(x).shape == (2, 1 + 2, 4)
+    np.testing.assert_array_equal(layer(x).data[:, 0], x.data[:, 0])      # the class token stays
+    with pytest.raises(ValueError, match=r"PatchDropout: prob must be in \[0.0, "):
+        nn.PatchDropout(1.0)
+    with pytest.raises(ValueError, match=r"PatchDropout: expected x of shape \(B, tokens, D\), got"):
+        layer(randn(2, 5))

@@ -230,6 +230,9 @@ class DiverseViT(VisionTransformer):
     """
 
     def __init__(self, *args, **kwargs):
+        if kwargs.get("patch_drop_rate"):
+            # an unexpected argument here (TypeError, as Python's own): the patch losses need every patch
+            raise TypeError("DiverseViT does not take patch_drop_rate: the patch-wise losses use every patch")
         super().__init__(*args, **kwargs)
         self.patch_head = nn.Linear(self.embed_dim, self.num_classes)   # g, initialised like ViT's head
         init.trunc_normal_(self.patch_head.weight, std=0.02)

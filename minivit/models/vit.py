@@ -132,7 +132,8 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
-                 attn_drop_rate=0.0, drop_path_rate=0.0, global_pool="token"):
+                 attn_drop_rate=0.0, drop_path_rate=0.0, global_pool="token",
+                 patch_drop_rate=0.0):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
@@ -141,7 +142,7 @@ class VisionTransformer(nn.Module):
                              f"patch tokens), got {global_pool!r}")
         self.global_pool = global_pool
         for name, v in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                        ("drop_path_rate", drop_path_rate)):
+                        ("drop_path_rate", drop_path_rate), ("patch_drop_rate", patch_drop_rate)):
             if not 0 <= v < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
         self.num_classes, self.embed_dim = num_classes, embed_dim
@@ -150,6 +151,8 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(np.zeros((1, 1, embed_dim), np.float32))
         self.pos_embed = nn.Parameter(np.zeros((1, n + self.num_prefix_tokens, embed_dim), np.float32))
         self.pos_drop = nn.Dropout(drop_rate)
+        self.patch_drop = (nn.PatchDropout(patch_drop_rate, self.num_prefix_tokens)
+                           if patch_drop_rate > 0 else nn.Identity())
         dpr = np.linspace(0, drop_path_rate, depth)   # stochastic depth rises linearly with depth
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop=drop_rate,
@@ -187,6 +190,7 @@ class VisionTransformer(nn.Module):
         p = self.patch_embed.patch_size
         grid = (x.shape[2] // p, x.shape[3] // p)
         x = self._pos_embed(self.patch_embed(x), grid)               # (B, 1+N, D)
+        x = self.patch_drop(x)                       # training: (B, 1+keep, D) with patch_drop_rate
         x, attns = nn.run_blocks(self.blocks, x, return_attention)
         x = self.norm(x)
         return (x, attns) if return_attention else x

@@ -34,13 +34,13 @@ The two blocks that every transformer paper reuses, :class:`Attention` and
 ``fc2``).
 """
 from minivit.nn.module import Parameter, Module, StateDictError, IncompatibleKeys
-from minivit.nn.layers import (Linear, Conv2d, LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, DropPath,
+from minivit.nn.layers import (Linear, Conv2d, LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, DropPath, PatchDropout,
                                GELU, ReLU, Tanh, Sigmoid, Softmax, Identity, Flatten,
                                MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Sequential, ModuleList)
 from minivit.nn.transformer import Attention, Mlp, run_blocks
 
 __all__ = ["run_blocks", "Parameter", "Module", "StateDictError", "IncompatibleKeys",
-           "Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "Dropout", "DropPath",
+           "Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "Dropout", "DropPath", "PatchDropout",
            "GELU", "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity", "Flatten",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Sequential", "ModuleList",
            "Attention", "Mlp"]

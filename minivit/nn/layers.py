@@ -8,10 +8,11 @@ import numpy as np
 
 from minivit import functional as F
 from minivit import init
+from minivit.tensor import get_rng
 
 from .module import Module, Parameter, _check_p, _check_x, _shape
 
-__all__ = ["Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "Dropout", "DropPath",
+__all__ = ["Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "Dropout", "DropPath", "PatchDropout",
            "GELU", "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity", "Flatten",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Sequential", "ModuleList"]
 
@@ -241,6 +242,41 @@ class DropPath(Module):
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob}"
+
+
+class PatchDropout(Module):
+    """Keep a random subset of the patch tokens in training (timm ``PatchDropout``).
+
+    PatchDropout (Liu et al., 2022, "PatchDropout: Economizing Vision
+    Transformers Using Patch Dropout"): each sample keeps
+    ``max(1, int(N * (1 - prob)))`` of its N patch tokens, chosen at random,
+    after the position embedding was added, so every kept token still knows
+    where it came from. The ``num_prefix_tokens`` leading tokens (the class
+    token) are always kept. (B, P + N, D) -> (B, P + keep, D); an identity in
+    eval mode. Fewer tokens make a training step cheaper (the blocks' cost
+    is linear in the tokens, attention's quadratic). The kept tokens come in
+    random order, as in timm (``ordered=False``); a transformer without
+    position-dependent ops after this point does not care.
+    """
+
+    def __init__(self, prob: float = 0.5, num_prefix_tokens: int = 1):
+        super().__init__()
+        _check_p("PatchDropout", "prob", prob, hi=1.0 - 1e-12)
+        self.prob, self.num_prefix_tokens = float(prob), int(num_prefix_tokens)
+
+    def forward(self, x):
+        if not self.training or self.prob == 0.0:
+            return x
+        _check_x("PatchDropout", x, 3, {}, "(B, tokens, D)")
+        B, T, _ = x.shape
+        P = self.num_prefix_tokens
+        keep = max(1, int((T - P) * (1.0 - self.prob)))
+        order = np.argsort(get_rng().random((B, T - P), dtype=np.float32), axis=1)[:, :keep]
+        rows = np.concatenate([np.broadcast_to(np.arange(P), (B, P)), order + P], axis=1)
+        return x[np.arange(B)[:, None], rows]                      # (B, P + keep, D)
+
+    def extra_repr(self):
+        return f"prob={self.prob}"
 
 
 class GELU(Module):

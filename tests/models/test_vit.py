@@ -116,3 +116,26 @@ def test_drop_path_and_dropout_only_in_training():
     m.train()
     assert not np.allclose(m(x).data, m(x).data)
     assert isinstance(m.blocks[1].drop_path1, nn.DropPath) and isinstance(m.blocks[0].drop_path1, nn.Identity)
+
+
+def test_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all():
+    """patch_drop_rate (timm's option): in training each image keeps int(N * (1 - rate)) of its
+    N patch tokens after the position embedding; in eval the model is the plain ViT."""
+    m = tiny(img_size=16, patch_drop_rate=0.5)                        # 16 patches -> 8 kept
+    plain = tiny(img_size=16)
+    plain.load_state_dict(m.state_dict())
+    x = minivit.tensor(np.random.default_rng(1).standard_normal((3, 1, 16, 16)).astype(np.float32))
+    m.eval(), plain.eval()
+    np.testing.assert_array_equal(m(x).data, plain(x).data)
+    m.train()
+    _, attns = m(x, return_attention=True)
+    assert attns[0].shape == (3, 2, 1 + 8, 1 + 8)
+    minivit.manual_seed(3)
+    a = m(x)
+    minivit.manual_seed(3)
+    np.testing.assert_array_equal(m(x).data, a.data)                  # the seed fixes the kept patches
+    m(x[:1]).sum().backward()
+    rows = np.abs(m.pos_embed.grad[0]).sum(-1) > 0
+    assert rows[0] and rows[1:].sum() == 8                            # one image: its 8 kept patches get gradient
+    with pytest.raises(ValueError, match=r"patch_drop_rate must be in \[0, 1\), got 1"):
+        tiny(patch_drop_rate=1)
