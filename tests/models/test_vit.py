@@ -137,5 +137,13 @@ def test_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all():
     m(x[:1]).sum().backward()
     rows = np.abs(m.pos_embed.grad[0]).sum(-1) > 0
     assert rows[0] and rows[1:].sum() == 8                            # one image: its 8 kept patches get gradient
+    t = tiny(img_size=16, patch_drop_rate=0.5).to(np.float64)        # gradcheck with the same kept patches
+    xd = np.random.default_rng(2).standard_normal((2, 1, 16, 16))
+
+    def f(a):
+        minivit.manual_seed(5)
+        return t(a)
+    minivit.gradcheck(f, [minivit.tensor(xd, requires_grad=True)], params=list(t.parameters()),
+                      max_checks=8, atol=1e-6, rtol=1e-4)
     with pytest.raises(ValueError, match=r"patch_drop_rate must be in \[0, 1\), got 1"):
         tiny(patch_drop_rate=1)
