@@ -46,7 +46,7 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from minivit.train import CLI_DEFAULTS, TrainConfig, fit
+    from minivit.train import TrainConfig, cli_defaults, create_model, fit
     if args.resume:
         run = Path(args.resume)
         cfg_file = run / "config.json"
@@ -57,8 +57,11 @@ def cmd_train(args) -> int:
             cfg.epochs = args.epochs
         out, resume = run, True
     else:
-        cfg = TrainConfig(model=args.model, seed=args.seed, data=args.data, **CLI_DEFAULTS)
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing",
+        from minivit import models
+        if args.model not in models.list_models():
+            models.create(args.model)  # raises the "unknown model ... did you mean" error
+        cfg = TrainConfig(model=args.model, seed=args.seed, data=args.data, **cli_defaults(args.model))
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing", "patch_drop",
                      "clip_grad", "augment", "mixup", "cutmix", "train_subset",
                      "teacher", "distill", "distill_alpha", "distill_tau", "diverse_patch"):
             v = getattr(args, name)
@@ -69,10 +72,9 @@ def cmd_train(args) -> int:
         if cfg.teacher:
             from minivit.models.deit import load_teacher
             load_teacher(cfg.teacher)                # a bad teacher fails now, before a run folder exists
-        from minivit import models
-        if cfg.model not in models.list_models():
-            models.create(cfg.model)  # raises the "unknown model ... did you mean" error
         cfg.validate()
+        if cfg.patch_drop:
+            create_model(cfg)                        # a model without patch dropout fails now, too
         out = _fresh_dir(Path(args.out) if args.out else Path("runs") / f"{cfg.model}-seed{cfg.seed}")
         resume = False
     print(f"training {cfg.model} -> {out}")
@@ -153,7 +155,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minivit.train import CLI_DEFAULTS as D
+    from minivit.train import CLI_DEFAULTS as D, CLI_DEFAULTS_WITHOUT_PATCH_DROP as D0
     p = argparse.ArgumentParser(prog="python -m minivit", description="minivit: vision transformers in pure NumPy")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -162,12 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write a run folder with config.json, metrics.csv, checkpoint.npz, "
                                    "curves.png and confusion.png (masks.png for segmentation models).")
     t.add_argument("--model", default="vit_fmnist", help="registered model name (see `list`; default vit_fmnist)")
-    t.add_argument("--epochs", type=_positive_int, help=f"number of epochs (default {D['epochs']})")
+    t.add_argument("--epochs", type=_positive_int,
+                   help=f"number of epochs (default {D['epochs']} with patch dropout, {D0['epochs']} for a model "
+                        f"without it: about the same compute)")
     t.add_argument("--batch-size", type=_positive_int, help=f"images per step (default {D['batch_size']})")
     t.add_argument("--lr", type=_positive_float, help=f"peak AdamW learning rate (default {D['lr']:g})")
     t.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (default 0.05)")
     t.add_argument("--warmup", type=float, help="fraction of steps for linear warm-up (default 0.1)")
     t.add_argument("--label-smoothing", type=float, help=f"label smoothing (default {D['label_smoothing']:g})")
+    t.add_argument("--patch-drop", type=float, metavar="RATE",
+                   help=f"ViT family: drop this fraction of each image's patch tokens in training, which makes "
+                        f"a step about 1/(1-RATE) times cheaper (default {D['patch_drop']:g} for models that "
+                        f"support it: vit_fmnist, deit_fmnist; 0 = off)")
     t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value (0 = off)")
     t.add_argument("--augment", help="comma list of flip, crop, erase, or none (default none)")
     t.add_argument("--mixup", type=float, help="mixup Beta alpha (0 = off)")

@@ -81,10 +81,25 @@ def test_bench_prints_numbers():
     (["train", "--data", "/nonexistent/dir"], "/nonexistent/dir"),
     (["train", "--model", "vit_fmnist", "--augment", "rotate"], "unknown augmentation"),
     (["train", "--resume", "/nonexistent/run"], "no config.json"),
+    (["train", "--patch-drop", "1.5"], "patch_drop must be a fraction in [0, 1), got 1.5"),
+    (["train", "--model", "cnn_fmnist", "--patch-drop", "0.5"], "model 'cnn_fmnist' has no patch dropout"),
 ])
 def test_bad_train_input(args, pattern, tmp_path):
     assert_clean_error(cli(*args, "--no-progress", cwd=tmp_path), pattern)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_default_recipe_uses_patch_dropout_where_the_model_has_it(trained_run):
+    """vit_fmnist trains 16 epochs on half its patches; a model without patch dropout trains 8 epochs
+    of whole images, about the same compute. The run folder records what was used."""
+    import json
+    from minivit.train import cli_defaults
+    assert cli_defaults("vit_fmnist")["patch_drop"] == 0.5 and cli_defaults("vit_fmnist")["epochs"] == 16
+    assert cli_defaults("deit_fmnist")["patch_drop"] == 0.5
+    for name in ("cnn_fmnist", "swin_fmnist", "diverse_vit_fmnist"):
+        assert cli_defaults(name)["patch_drop"] == 0.0 and cli_defaults(name)["epochs"] == 8, name
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["patch_drop"] == 0.5 and cfg["model_kwargs"] == {}
 
 
 def test_bad_model_config_is_clean(tmp_path):

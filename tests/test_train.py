@@ -50,17 +50,18 @@ def test_same_seed_same_numbers(tmp_path, test_small):
 
 
 def test_resume_continues_exactly(tmp_path, test_small):
-    full = run(tmp_path / "full", 3, test_small, augment="flip,crop")
+    full = run(tmp_path / "full", 3, test_small, augment="flip,crop", patch_drop=0.5)
+    assert full["model"].patch_drop.prob == 0.5        # patch dropout draws from the saved generator too
 
     class Killed(Exception):
         pass
 
     def kill(*_):                       # the process dies right after epoch 1 was saved
         raise Killed
-    cfg = TrainConfig(epochs=3, augment="flip,crop", **SMALL)
+    cfg = TrainConfig(epochs=3, augment="flip,crop", patch_drop=0.5, **SMALL)
     with pytest.raises(Killed):
         fit(cfg, out_dir=tmp_path / "part", test_set=test_small, progress=False, log=kill)
-    resumed = run(tmp_path / "part", 3, test_small, resume=True, augment="flip,crop")
+    resumed = run(tmp_path / "part", 3, test_small, resume=True, augment="flip,crop", patch_drop=0.5)
     for k in ("train_loss", "test_loss", "test_acc"):
         assert [h[k] for h in resumed["history"]] == [h[k] for h in full["history"]], k
     sd_full, sd_res = full["model"].state_dict(), resumed["model"].state_dict()
@@ -90,7 +91,8 @@ def test_eval_every_tests_every_kth_epoch_and_the_last(tmp_path, test_small):
 
 @pytest.mark.parametrize("field,value,msg", [("lr", -0.1, "lr must be"), ("batch_size", 0, "batch_size must be"),
                                              ("augment", "rotate", "unknown augmentation"),
-                                             ("eval_every", 0, "eval_every must be")])
+                                             ("eval_every", 0, "eval_every must be"),
+                                             ("patch_drop", 1.0, "patch_drop must be a fraction")])
 def test_bad_config_is_rejected(field, value, msg):
     cfg = TrainConfig(**{field: value})
     with pytest.raises(ValueError, match=msg):
