@@ -146,22 +146,29 @@ def create_model(cfg: TrainConfig):
     from minivit import models
     kwargs = dict(cfg.model_kwargs)
     if cfg.patch_drop > 0:
-        if not supports_patch_drop(cfg.model):
-            raise ValueError(f"patch_drop={cfg.patch_drop}: model {cfg.model!r} has no patch dropout "
-                             f"(it takes the ViT family's patch_drop_rate, e.g. vit_fmnist, deit_fmnist)")
         kwargs["patch_drop_rate"] = cfg.patch_drop
-    return models.create(cfg.model, **kwargs)
+    try:
+        return models.create(cfg.model, **kwargs)
+    except TypeError as e:
+        if cfg.patch_drop > 0 and "patch_drop_rate" in str(e):
+            raise ValueError(f"patch_drop={cfg.patch_drop}: model {cfg.model!r} has no patch dropout (it takes "
+                             f"the ViT family's patch_drop_rate, e.g. vit_fmnist, deit_fmnist)") from None
+        raise
 
 
 def supports_patch_drop(name: str) -> bool:
-    """Does the registered model ``name`` take ``patch_drop_rate`` (timm's PatchDropout)?"""
+    """Does the registered model ``name`` take ``patch_drop_rate`` (timm's PatchDropout)?
+    Builds the model once to find out, and leaves minivit's random generator as it was."""
     from minivit import models
+    state = _rng_state()
     try:
         models.create(name, patch_drop_rate=0.5)
     except TypeError as e:
         if "patch_drop_rate" in str(e):
             return False
         raise
+    finally:
+        _set_rng_state(state)
     return True
 
 

@@ -102,3 +102,20 @@ def test_bad_config_is_rejected(field, value, msg):
 def test_mixup_cutmix_training_runs(test_small):
     res = run(None, 1, test_small, mixup=0.8, cutmix=1.0, augment="flip,crop,erase")
     assert np.isfinite(res["history"][0]["train_loss"])
+
+
+def test_patch_drop_is_the_models_patch_drop_rate_and_costs_no_random_draws(test_small):
+    """cfg.patch_drop builds the same model as model_kwargs={"patch_drop_rate": ...} and trains to the
+    same numbers; asking whether a model supports it leaves minivit's generator where it was."""
+    import minivit
+    from minivit.train import supports_patch_drop
+    a = run(None, 1, test_small, patch_drop=0.5)
+    b = run(None, 1, test_small, model_kwargs={**SMALL["model_kwargs"], "patch_drop_rate": 0.5})
+    assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
+    assert a["model"].patch_drop.prob == 0.5
+    before = minivit.manual_seed(4).random()
+    minivit.manual_seed(4)
+    assert supports_patch_drop("vit_fmnist") and not supports_patch_drop("cnn_fmnist")
+    assert minivit.get_rng().random() == before
+    with pytest.raises(ValueError, match="model 'cnn_fmnist' has no patch dropout"):
+        run(None, 1, test_small, model="cnn_fmnist", model_kwargs={}, patch_drop=0.5)
