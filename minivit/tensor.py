@@ -113,7 +113,8 @@ class IndexedGrad:
     Returned by ``getitem``'s backward instead of a full-size array that is
     zero almost everywhere; the engine adds ``g`` into the entries at ``idx``
     of the parent's gradient buffer (``np.add.at`` for integer-array indices,
-    so repeated indices accumulate).
+    so repeated indices accumulate). ``basic``: no entry is picked twice (basic
+    indexing, or integer arrays without repeats), so a plain ``+=`` does.
     """
     __slots__ = ("idx", "g", "basic")
 

@@ -81,6 +81,27 @@ def test_getitem_integer_gather_accumulates_repeats():
     np.testing.assert_array_equal(T(table)[idx_t].data, table[index])
 
 
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 4), T_=st.integers(1, 6), K=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_getitem_row_gather_without_and_with_repeats_adds_like_add_at(B, T_, K, seed):
+    """A per-sample row gather x[arange(B)[:, None], rows] (PatchDropout's): distinct rows take the
+    plain `+=` path, repeated rows np.add.at; both must give add.at's gradient. Negative indices too."""
+    from minivit.functional.shape import _distinct_int_index
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T_, 3))
+    rows = rng.integers(-T_, T_, size=(B, K))
+    idx = (np.arange(B)[:, None], rows)
+    distinct = all(len(set(r % T_)) == K for r in rows)
+    assert _distinct_int_index(idx, x.shape) == distinct
+    t = T(x)
+    g = rng.standard_normal((B, K, 3))
+    t[idx].backward(g)
+    want = np.zeros_like(x)
+    np.add.at(want, idx, g)
+    np.testing.assert_array_equal(t.grad, want)
+    gradcheck(lambda a: a[idx], [T(x)])
+
+
 def test_getitem_boolean_mask():
     x = rand((3, 4))
     m = x > 0

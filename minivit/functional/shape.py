@@ -100,12 +100,28 @@ def _is_basic(idx) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
 
 
+def _distinct_int_index(idx, shape) -> bool:
+    """Is ``idx`` a tuple of integer arrays (or one) that picks no entry twice?
+
+    Then the backward may add ``g`` with a plain ``buf[idx] += g``, ~10x faster
+    than ``np.add.at`` (PatchDropout's per-image rows are such an index).
+    """
+    parts = idx if isinstance(idx, tuple) else (idx,)
+    if not parts or len(parts) > len(shape) or not all(
+            isinstance(p, np.ndarray) and p.dtype.kind in "iu" for p in parts):
+        return False
+    flat = np.ravel_multi_index([a.ravel() % n for a, n in zip(np.broadcast_arrays(*parts), shape)],
+                                shape[:len(parts)])
+    return np.unique(flat).size == flat.size
+
+
 def getitem(x, idx) -> Tensor:
     """``x[idx]`` for slices, integers, None, integer arrays (gathers, as used
     for relative-position-bias tables) and boolean masks.
 
     Backward scatters ``g`` into zeros of x's shape; repeated integer indices
     accumulate (``np.add.at``), so a gather used twice gets both gradients.
+    Integer-array indices without repeats take a plain ``+=``.
     """
     x = as_tensor(x)
     idx = _index_data(idx)
@@ -113,7 +129,7 @@ def getitem(x, idx) -> Tensor:
         out = x.data[idx]
     except IndexError as e:
         raise IndexError(f"getitem: index {idx!r} is invalid for a tensor of shape {x.shape}: {e}") from None
-    basic = _is_basic(idx)
+    basic = _is_basic(idx) or _distinct_int_index(idx, x.shape)
     # The gradient of x is g at the indexed entries and zero elsewhere; the
     # engine adds g into x's gradient buffer there (repeated integer indices
     # accumulate), instead of this op allocating a zero array of x's shape.
