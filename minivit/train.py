@@ -45,8 +45,8 @@ from minivit import io, optim
 from minivit._allocator import tune_allocator
 from minivit.tensor import Tensor, no_grad
 
-__all__ = ["TrainConfig", "fit", "evaluate", "create_model", "supports_patch_drop", "cli_defaults", "build_transform", "cross_entropy_criterion", "task_of",
-           "load_task_dataset", "segmentation_metrics"]
+__all__ = ["TrainConfig", "fit", "evaluate", "create_model", "supports_patch_drop", "cli_defaults",
+           "build_transform", "cross_entropy_criterion", "task_of", "load_task_dataset", "segmentation_metrics"]
 
 
 # What `python -m minivit train` uses unless told otherwise: a recipe tuned for a short run on the

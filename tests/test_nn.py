@@ -607,7 +607,7 @@ def test_patch_dropout_is_the_identity_in_eval_and_at_zero_and_checks_its_args()
     assert nn.PatchDropout(0.0)(x) is x
     assert layer.train()(x).shape == (2, 1 + 2, 4)
     np.testing.assert_array_equal(layer(x).data[:, 0], x.data[:, 0])      # the class token stays
-    with pytest.raises(ValueError, match=r"PatchDropout: prob must be in \[0.0, "):
+    with pytest.raises(ValueError, match=r"PatchDropout: prob must be in \[0, 1\), got 1.0"):
         nn.PatchDropout(1.0)
     with pytest.raises(ValueError, match=r"PatchDropout: expected x of shape \(B, tokens, D\), got"):
         layer(randn(2, 5))

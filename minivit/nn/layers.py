@@ -261,7 +261,8 @@ class PatchDropout(Module):
 
     def __init__(self, prob: float = 0.5, num_prefix_tokens: int = 1):
         super().__init__()
-        _check_p("PatchDropout", "prob", prob, hi=1.0 - 1e-12)
+        if not 0 <= prob < 1:
+            raise ValueError(f"PatchDropout: prob must be in [0, 1), got {prob}")
         self.prob, self.num_prefix_tokens = float(prob), int(num_prefix_tokens)
 
     def forward(self, x):
