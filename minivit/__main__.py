@@ -125,10 +125,12 @@ def cmd_bench(args) -> int:
     import minivit
     from minivit import models, optim
     from minivit._allocator import tune_allocator
-    from minivit.train import TrainConfig, cross_entropy_criterion, task_of
+    from minivit.train import TrainConfig, create_model, cross_entropy_criterion, task_of
     tune_allocator()
+    cfg = TrainConfig(model=args.model, label_smoothing=0.0, patch_drop=args.patch_drop)
+    cfg.validate()
     minivit.manual_seed(0)
-    model = models.create(args.model)
+    model = create_model(cfg)
     pe = getattr(model, "patch_embed", None)                # the input size: from the patch embedding,
     size = getattr(pe, "img_size", getattr(model, "img_size", 28))     # else the model, else Fashion-MNIST's
     chans = getattr(pe, "in_chans", getattr(model, "in_chans", 1))
@@ -138,7 +140,6 @@ def cmd_bench(args) -> int:
     labels = (args.batch_size, *size) if task_of(model) == "segmentation" else (args.batch_size,)
     y = rng.integers(0, getattr(model, "num_classes", 10), labels)    # segmenters: one label map per image
     opt = optim.AdamW(model.parameters(), lr=1e-3)
-    cfg = TrainConfig(model=args.model, label_smoothing=0.0)
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -149,7 +150,8 @@ def cmd_bench(args) -> int:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
-    print(f"{args.model}: batch {args.batch_size}, median of {args.steps} steps: {ms:.1f} ms/step, "
+    drop = f", patch dropout {args.patch_drop:g}" if args.patch_drop else ""
+    print(f"{args.model}: batch {args.batch_size}{drop}, median of {args.steps} steps: {ms:.1f} ms/step, "
           f"{args.batch_size / ms * 1000:.0f} images/s")
     return 0
 
@@ -216,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")
     b.add_argument("--steps", type=_positive_int, default=10, help="timed steps (default 10)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    b.add_argument("--patch-drop", type=float, default=0.0, metavar="RATE",
+                   help="ViT family: train on a random (1-RATE) of each image's patches, as `train` does (default 0)")
     b.set_defaults(func=cmd_bench)
 
     from minivit import convert, exercises

@@ -72,6 +72,9 @@ def test_bench_prints_numbers():
     r = cli("bench", "--steps", "1", "--warmup", "0", "--batch-size", "8")
     assert r.returncode == 0, r.stderr
     assert "ms/step" in r.stdout
+    r = cli("bench", "--steps", "1", "--warmup", "0", "--batch-size", "8", "--patch-drop", "0.5")
+    assert r.returncode == 0 and "batch 8, patch dropout 0.5, median" in r.stdout, r.stderr
+    assert_clean_error(cli("bench", "--model", "cnn_fmnist", "--patch-drop", "0.5"), "has no patch dropout")
 
 
 @pytest.mark.parametrize("args,pattern", [
