@@ -412,7 +412,6 @@ def fit(cfg: TrainConfig | None = None, *, model=None, train_set=None, test_set=
     cfg = cfg or TrainConfig()
     cfg.validate()
     tune_allocator()
-    from minivit import models
     minivit.manual_seed(cfg.seed)
     if model is None:
         model = create_model(cfg)

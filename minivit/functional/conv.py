@@ -477,10 +477,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if ceil_mode:
         raise NotImplementedError("max_pool2d: ceil_mode=True is not implemented")
     g = _pool_geometry("max_pool2d", x, kernel_size, stride, padding, dilation)
-    N, C = x.shape[:2]
-    (kh, kw), (Ho, Wo) = g.kernel, g.out_size
     if _FAST_PATHS:
         return _max_pool2d_offsets(x, g)
+    N, C = x.shape[:2]
+    (kh, kw), (Ho, Wo) = g.kernel, g.out_size
     win = _im2col(x.data, g, pad_value=-np.inf).reshape(N, C, kh * kw, Ho, Wo)
     arg = win.argmax(axis=2)[:, :, None]                           # (N, C, 1, Ho, Wo), first max
     out = np.take_along_axis(win, arg, axis=2)[:, :, 0]

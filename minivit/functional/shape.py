@@ -129,11 +129,13 @@ def getitem(x, idx) -> Tensor:
         out = x.data[idx]
     except IndexError as e:
         raise IndexError(f"getitem: index {idx!r} is invalid for a tensor of shape {x.shape}: {e}") from None
-    basic = _is_basic(idx) or _distinct_int_index(idx, x.shape)
+    basic = _is_basic(idx)
     # The gradient of x is g at the indexed entries and zero elsewhere; the
     # engine adds g into x's gradient buffer there (repeated integer indices
     # accumulate), instead of this op allocating a zero array of x's shape.
-    return _make(out, (x,), lambda g: (IndexedGrad(idx, g, basic),), "getitem")
+    # Whether an integer-array index repeats is only asked when a gradient flows.
+    return _make(out, (x,), lambda g: (IndexedGrad(idx, g, basic or _distinct_int_index(idx, x.shape)),),
+                 "getitem")
 
 
 def cat(tensors, dim: int = 0) -> Tensor:
